@@ -1,0 +1,205 @@
+//! pprof (google/pprof `profile.proto`, types generated from `proto/`):
+//! sample and period type `cpu`/`nanoseconds`, value = count × period,
+//! pid and thread name as labels, build ids on mappings.
+
+use std::io;
+
+use flate2::{Compression, write::GzEncoder};
+use prost::Message;
+
+use crate::{pprof_proto as pb, profile::Profile};
+
+/// Strings the encoder adds to the profile's own table.
+struct Extra {
+    cpu: i64,
+    nanoseconds: i64,
+    pid: i64,
+    thread_name: i64,
+    process_name: i64,
+}
+
+pub fn encode_pprof(profile: &Profile) -> pb::Profile {
+    let mut string_table = profile.strings.clone();
+    let mut add = |s: &str| {
+        string_table.push(s.to_owned());
+        string_table.len() as i64 - 1
+    };
+    let extra = Extra {
+        cpu: add("cpu"),
+        nanoseconds: add("nanoseconds"),
+        pid: add("pid"),
+        thread_name: add("thread_name"),
+        process_name: add("process_name"),
+    };
+    let cpu_ns = || pb::ValueType {
+        r#type: extra.cpu,
+        unit: extra.nanoseconds,
+    };
+    let period = profile.period_ns as i64;
+    pb::Profile {
+        sample_type: vec![cpu_ns()],
+        period_type: Some(cpu_ns()),
+        period,
+        time_nanos: profile.start_unix_ns as i64,
+        duration_nanos: profile.duration_ns as i64,
+        mapping: profile
+            .mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| pb::Mapping {
+                id: i as u64 + 1,
+                memory_start: m.start,
+                memory_limit: m.limit,
+                file_offset: m.file_offset,
+                filename: i64::from(m.file),
+                build_id: i64::from(m.build_id),
+                has_functions: true,
+                has_filenames: !m.kernel,
+                has_line_numbers: !m.kernel,
+                has_inline_frames: !m.kernel,
+            })
+            .collect(),
+        location: profile
+            .locations
+            .iter()
+            .enumerate()
+            .map(|(i, l)| pb::Location {
+                id: i as u64 + 1,
+                mapping_id: l.mapping.map_or(0, |m| u64::from(m) + 1),
+                address: l.address,
+                line: l
+                    .lines
+                    .iter()
+                    .map(|line| pb::Line {
+                        function_id: u64::from(line.function) + 1,
+                        line: i64::from(line.line),
+                    })
+                    .collect(),
+                is_folded: false,
+            })
+            .collect(),
+        function: profile
+            .functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| pb::Function {
+                id: i as u64 + 1,
+                name: i64::from(f.name),
+                system_name: i64::from(f.name),
+                filename: i64::from(f.file),
+                start_line: 0,
+            })
+            .collect(),
+        sample: profile
+            .samples
+            .iter()
+            .map(|s| pb::Sample {
+                location_id: s.locations.iter().map(|&l| u64::from(l) + 1).collect(),
+                value: vec![s.count as i64 * period],
+                label: vec![
+                    pb::Label {
+                        key: extra.pid,
+                        num: i64::from(s.pid),
+                        ..Default::default()
+                    },
+                    pb::Label {
+                        key: extra.thread_name,
+                        str: i64::from(s.thread_name),
+                        ..Default::default()
+                    },
+                    pb::Label {
+                        key: extra.process_name,
+                        str: i64::from(s.process_name),
+                        ..Default::default()
+                    },
+                ],
+            })
+            .collect(),
+        string_table,
+        ..Default::default()
+    }
+}
+
+/// Writes the profile gzipped, as pprof files are stored.
+pub fn write_pprof(profile: &Profile, out: impl io::Write) -> io::Result<()> {
+    let bytes = encode_pprof(profile).encode_to_vec();
+    let mut gz = GzEncoder::new(out, Compression::default());
+    io::Write::write_all(&mut gz, &bytes)?;
+    gz.finish()?.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use flate2::read::GzDecoder;
+
+    use super::*;
+    use crate::export::fixtures::small_profile;
+
+    fn decoded() -> pb::Profile {
+        let mut gz = Vec::new();
+        write_pprof(&small_profile(), &mut gz).unwrap();
+        let mut raw = Vec::new();
+        GzDecoder::new(gz.as_slice()).read_to_end(&mut raw).unwrap();
+        pb::Profile::decode(raw.as_slice()).unwrap()
+    }
+
+    fn str(p: &pb::Profile, index: i64) -> &str {
+        &p.string_table[index as usize]
+    }
+
+    #[test]
+    fn types_period_and_values_follow_the_cpu_convention() {
+        let p = decoded();
+        let [sample_type] = p.sample_type.as_slice() else {
+            panic!("one sample type expected");
+        };
+        assert_eq!((str(&p, sample_type.r#type), str(&p, sample_type.unit)), ("cpu", "nanoseconds"));
+        let period_type = p.period_type.as_ref().unwrap();
+        assert_eq!((str(&p, period_type.r#type), str(&p, period_type.unit)), ("cpu", "nanoseconds"));
+        assert_eq!(p.period, 10_101_010);
+        let values: Vec<i64> = p.sample.iter().map(|s| s.value[0]).collect();
+        assert_eq!(values, [3 * 10_101_010, 10_101_010]);
+        assert_eq!(p.string_table[0], "");
+    }
+
+    #[test]
+    fn ids_are_one_based_and_every_reference_resolves() {
+        let p = decoded();
+        for (i, l) in p.location.iter().enumerate() {
+            assert_eq!(l.id, i as u64 + 1);
+            assert!(l.mapping_id >= 1 && l.mapping_id as usize <= p.mapping.len());
+            for line in &l.line {
+                assert!(line.function_id >= 1 && line.function_id as usize <= p.function.len());
+            }
+        }
+        for s in &p.sample {
+            assert!(s.location_id.iter().all(|&id| id >= 1 && id as usize <= p.location.len()));
+        }
+        let inlined = &p.location[1];
+        let names: Vec<&str> = inlined
+            .line
+            .iter()
+            .map(|l| str(&p, p.function[l.function_id as usize - 1].name))
+            .collect();
+        assert_eq!(names, ["leaf", "work"], "innermost inlined function first");
+    }
+
+    #[test]
+    fn mappings_carry_build_ids_and_samples_carry_pid_and_thread() {
+        let p = decoded();
+        assert_eq!(str(&p, p.mapping[0].build_id), "abcd");
+        assert_eq!(str(&p, p.mapping[0].filename), "/usr/bin/app");
+        let labels: Vec<(&str, String)> = p.sample[0]
+            .label
+            .iter()
+            .map(|l| {
+                let value = if l.str != 0 { str(&p, l.str).to_owned() } else { l.num.to_string() };
+                (str(&p, l.key), value)
+            })
+            .collect();
+        assert!(labels.contains(&("pid", "10".into())), "{labels:?}");
+        assert!(labels.contains(&("thread_name", "worker".into())), "{labels:?}");
+    }
+}

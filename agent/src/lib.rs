@@ -1,0 +1,25 @@
+//! Hearth, an eBPF continuous profiler.
+//!
+//! Samples flow one way through one module per stage:
+//! [`probes`] (kernel programs and their ring buffer) →
+//! [`aggregate`] (intern and count raw stacks; new stacks' addresses
+//! resolved through [`process`] metadata) → [`symbolize`] → [`profile`] →
+//! [`export`]. [`pipeline`] strings the stages together; [`record`] is the
+//! `hearth record` command built on it, [`cli`] its command line.
+
+pub mod aggregate;
+pub mod cli;
+pub mod export;
+pub mod pipeline;
+pub mod preflight;
+pub mod probes;
+pub mod process;
+pub mod profile;
+pub mod record;
+pub mod symbolize;
+
+/// pprof's `profile.proto` messages, generated at build time from `proto/`.
+#[allow(clippy::all, missing_docs)]
+pub mod pprof_proto {
+    include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
+}

@@ -1,0 +1,91 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use hearth::{
+    cli::{Cli, Command},
+    record::{self, RecordOptions, RecordReport, StopReason},
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // inferno logs "No stack counts found" for empty profiles; hearth says so itself.
+    let level = match cli.verbose {
+        0 => "warn,inferno=off",
+        1 => "info,inferno=off",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("hearth: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Record(args) => {
+                let options = RecordOptions::try_from(args)?;
+                let report = record::record(options).await?;
+                print_report(&report);
+                anyhow::Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hearth: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_report(report: &RecordReport) {
+    let why = match &report.stopped_by {
+        StopReason::DurationElapsed => "duration reached".to_owned(),
+        StopReason::Interrupted => "interrupted".to_owned(),
+        StopReason::TargetsExited => "the profiled processes exited".to_owned(),
+        StopReason::CommandExited(status) => format!("the command exited ({status})"),
+    };
+    let k = &report.kernel;
+    eprintln!(
+        "hearth: wrote {} ({}): {} samples from {} processes, {} unique stacks, in {:.1} s ({why})",
+        report.output.display(),
+        report.format,
+        report.samples,
+        report.processes,
+        report.unique_stacks,
+        report.elapsed.as_secs_f64(),
+    );
+    if report.samples == 0 {
+        eprintln!(
+            "hearth: no samples were collected: nothing ran on a CPU while recording \
+             (idle or sleeping processes are not sampled)"
+        );
+    }
+    if k.ring_full > 0 {
+        eprintln!(
+            "hearth: {} samples were lost because the ring buffer was full; \
+             raise --ring-buffer-mib or lower --frequency",
+            k.ring_full
+        );
+    }
+    if k.filter_full > 0 {
+        eprintln!(
+            "hearth: {} new processes were not followed because the filter was full; \
+             raise --max-traced-processes",
+            k.filter_full
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! Probes: the kernel programs, how they are loaded and attached, and the
+//! ring buffer they write samples to. First stage of the data's way.
+
+pub mod btf;
+mod ring;
+mod sample;
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        PerfEvent, ProgramError, RawTracePoint,
+        perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use hearth_common::{Counter, SamplerConfig};
+
+pub use ring::SampleRing;
+pub use sample::{RawSample, SampleDecodeError, comm_to_str, encode as encode_sample};
+
+/// The kernel programs, built by `build.rs` and embedded in the binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hearth"));
+
+const SAMPLES_RING: &str = "CPU_SAMPLES";
+const TGID_FILTER: &str = "TGID_FILTER";
+const COUNTERS: &str = "COUNTERS";
+
+/// How the CPU sampler is set up at load time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SamplerSettings {
+    /// Samples per second on each CPU.
+    pub frequency_hz: u64,
+    /// Collect kernel stacks as well as user stacks.
+    pub kernel_stacks: bool,
+    /// Sample only processes added with [`CpuSampler::trace_process`] and
+    /// their descendants (otherwise: every process on the machine).
+    pub filter_processes: bool,
+    /// Bytes of the sample ring buffer shared by all CPUs (a power of two,
+    /// at least one page). Samples arriving when it is full are counted as lost.
+    pub ring_buffer_bytes: u32,
+    /// Most processes the filter can hold (traced processes and their descendants).
+    pub filter_capacity: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("loading the eBPF programs into the kernel failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no {0}; the build is inconsistent, rebuild with `cargo build --release`")]
+    Missing(&'static str),
+    #[error("preparing program {program} failed")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(
+        "attaching the CPU sampler to CPU {cpu} at {frequency_hz} Hz failed (the kernel caps the \
+         rate at /proc/sys/kernel/perf_event_max_sample_rate)"
+    )]
+    Attach {
+        cpu: u32,
+        frequency_hz: u64,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot list the online CPUs")]
+    Cpus(#[source] std::io::Error),
+    #[error("BPF map {map} failed")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("watching the sample ring buffer failed")]
+    Ring(#[source] std::io::Error),
+}
+
+/// Totals of the kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub samples: u64,
+    pub ring_full: u64,
+    pub kernel_stack_errors: u64,
+    pub user_stack_errors: u64,
+    pub task_read_errors: u64,
+    pub filter_full: u64,
+}
+
+impl KernelCounters {
+    fn set(&mut self, counter: Counter, value: u64) {
+        let slot = match counter {
+            Counter::Samples => &mut self.samples,
+            Counter::RingFull => &mut self.ring_full,
+            Counter::KernelStackError => &mut self.kernel_stack_errors,
+            Counter::UserStackError => &mut self.user_stack_errors,
+            Counter::TaskReadError => &mut self.task_read_errors,
+            Counter::FilterFull => &mut self.filter_full,
+        };
+        *slot = value;
+    }
+}
+
+/// The loaded CPU sampler. Sampling runs between [`start`](Self::start) and
+/// [`stop`](Self::stop); dropping it unloads everything from the kernel.
+pub struct CpuSampler {
+    ebpf: Ebpf,
+    settings: SamplerSettings,
+    links: Vec<PerfEventLinkId>,
+}
+
+impl CpuSampler {
+    /// Loads the programs and maps; nothing is attached and nothing sampled yet.
+    pub fn load(settings: &SamplerSettings) -> Result<Self, ProbeError> {
+        let task = btf::task_offsets(Path::new(btf::KERNEL_BTF_PATH))?;
+        let config = SamplerConfig {
+            task,
+            filter_tgids: u8::from(settings.filter_processes),
+            skip_kernel_stack: u8::from(!settings.kernel_stacks),
+            _pad: [0; 6],
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SAMPLER_CONFIG", &config, true)
+            .map_max_entries(SAMPLES_RING, settings.ring_buffer_bytes)
+            .map_max_entries(TGID_FILTER, settings.filter_capacity)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
+
+        let sampler: &mut PerfEvent = program(&mut ebpf, "cpu_sample")?;
+        sampler.load().map_err(|source| ProbeError::Program {
+            program: "cpu_sample",
+            source,
+        })?;
+        if settings.filter_processes {
+            // Only needed to follow descendants; unfiltered sampling skips its cost.
+            let fork: &mut RawTracePoint = program(&mut ebpf, "track_fork")?;
+            fork.load()
+                .and_then(|()| fork.attach("sched_process_fork").map(drop))
+                .map_err(|source| ProbeError::Program {
+                    program: "track_fork",
+                    source,
+                })?;
+        }
+        Ok(Self {
+            ebpf,
+            settings: settings.clone(),
+            links: Vec::new(),
+        })
+    }
+
+    /// Adds a process (and, from now on, its descendants) to the filter.
+    pub fn trace_process(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            map: TGID_FILTER,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut(TGID_FILTER)
+            .ok_or(ProbeError::Missing(TGID_FILTER))?;
+        let mut filter: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(map_err)?;
+        filter.insert(tgid, 1, 0).map_err(map_err)
+    }
+
+    /// Removes a process from the filter (its descendants stay).
+    pub fn untrace_process(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            map: TGID_FILTER,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut(TGID_FILTER)
+            .ok_or(ProbeError::Missing(TGID_FILTER))?;
+        let mut filter: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(map_err)?;
+        filter.remove(&tgid).map_err(map_err)
+    }
+
+    /// Hands out the sample ring; call once, before [`start`](Self::start).
+    pub fn take_ring(&mut self) -> Result<SampleRing, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(SAMPLES_RING)
+            .ok_or(ProbeError::Missing(SAMPLES_RING))?;
+        let ring: RingBuf<MapData> = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            map: SAMPLES_RING,
+            source,
+        })?;
+        SampleRing::new(ring).map_err(ProbeError::Ring)
+    }
+
+    /// Attaches the sampler to a software cpu-clock event on every online CPU.
+    pub fn start(&mut self) -> Result<(), ProbeError> {
+        let cpus = online_cpus().map_err(|(_, err)| ProbeError::Cpus(err))?;
+        let frequency_hz = self.settings.frequency_hz;
+        let sampler: &mut PerfEvent = program(&mut self.ebpf, "cpu_sample")?;
+        for cpu in cpus {
+            let link = sampler
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(frequency_hz),
+                    false,
+                )
+                .map_err(|source| ProbeError::Attach {
+                    cpu,
+                    frequency_hz,
+                    source,
+                })?;
+            self.links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Detaches from every CPU; samples already in the ring stay readable.
+    pub fn stop(&mut self) -> Result<(), ProbeError> {
+        let sampler: &mut PerfEvent = program(&mut self.ebpf, "cpu_sample")?;
+        for link in self.links.drain(..) {
+            sampler.detach(link).map_err(|source| ProbeError::Program {
+                program: "cpu_sample",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Number of CPUs the sampler is attached to (0 when stopped).
+    pub fn attached_cpus(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            map: COUNTERS,
+            source,
+        };
+        let map = self.ebpf.map(COUNTERS).ok_or(ProbeError::Missing(COUNTERS))?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
+        let mut totals = KernelCounters::default();
+        for counter in Counter::ALL {
+            let per_cpu = array.get(&(counter as u32), 0).map_err(map_err)?;
+            totals.set(counter, per_cpu.iter().sum());
+        }
+        Ok(totals)
+    }
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, ProbeError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
+    program
+        .try_into()
+        .map_err(|source| ProbeError::Program { program: name, source })
+}

@@ -1,0 +1,95 @@
+//! A symbolized profile: samples over shared tables of locations,
+//! functions, mappings and strings, in the shape pprof and OTLP both use.
+//! Built from the unique stacks of a [`StackTable`]; every exporter reads it.
+
+mod builder;
+
+pub use builder::{ProfileMeta, build_profile};
+
+/// Index into [`Profile::strings`]; 0 is always the empty string.
+pub type StringId = u32;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Function {
+    pub name: StringId,
+    pub file: StringId,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub limit: u64,
+    pub file_offset: u64,
+    pub file: StringId,
+    /// Hex GNU build id, or 0.
+    pub build_id: StringId,
+    pub kernel: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Line {
+    /// Index into [`Profile::functions`].
+    pub function: u32,
+    pub line: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Location {
+    /// Index into [`Profile::mappings`].
+    pub mapping: Option<u32>,
+    pub address: u64,
+    /// Innermost (inlined) function first, the function holding the code last.
+    pub lines: Vec<Line>,
+    pub kernel: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// Indexes into [`Profile::locations`], leaf first.
+    pub locations: Vec<u32>,
+    pub count: u64,
+    pub pid: u32,
+    pub process_name: StringId,
+    pub thread_name: StringId,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Nanoseconds of CPU time one sample stands for (1e9 / Hz).
+    pub period_ns: u64,
+    /// Wall-clock start of the window, nanoseconds since the Unix epoch.
+    pub start_unix_ns: u64,
+    pub duration_ns: u64,
+    pub strings: Vec<String>,
+    pub functions: Vec<Function>,
+    pub mappings: Vec<Mapping>,
+    pub locations: Vec<Location>,
+    pub samples: Vec<Sample>,
+}
+
+impl Profile {
+    pub fn string(&self, id: StringId) -> &str {
+        &self.strings[id as usize]
+    }
+
+    pub fn total_samples(&self) -> u64 {
+        self.samples.iter().map(|s| s.count).sum()
+    }
+
+    /// Function names of a sample, root first, inlined callees after their
+    /// caller, each with whether it runs in the kernel.
+    pub fn frames_root_first(&self, sample: &Sample) -> impl Iterator<Item = (&str, bool)> + '_ {
+        let locations: Vec<&Location> = sample
+            .locations
+            .iter()
+            .rev()
+            .map(|&l| &self.locations[l as usize])
+            .collect();
+        locations.into_iter().flat_map(move |location| {
+            location.lines.iter().rev().map(move |line| {
+                let function = &self.functions[line.function as usize];
+                (self.string(function.name), location.kernel)
+            })
+        })
+    }
+}

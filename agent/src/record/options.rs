@@ -1,0 +1,163 @@
+//! `hearth record`'s settings, validated from its command line.
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use crate::{
+    cli::RecordArgs,
+    export::{OutputFormat, UnknownFormat},
+    process::ProcessLimits,
+};
+
+/// Default recording time when no command bounds it.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordOptions {
+    /// None: until the command exits (or Ctrl-C).
+    pub duration: Option<Duration>,
+    pub frequency_hz: u64,
+    pub pids: Vec<u32>,
+    pub command: Vec<OsString>,
+    pub output: PathBuf,
+    pub format: OutputFormat,
+    pub kernel_stacks: bool,
+    pub ring_buffer_bytes: u32,
+    pub max_traced_processes: u32,
+    pub process_limits: ProcessLimits,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionsError {
+    #[error(transparent)]
+    Format(#[from] UnknownFormat),
+    #[error("--duration must be longer than zero")]
+    ZeroDuration,
+    #[error("--ring-buffer-mib must be a power of two between 1 and 1024, not {0}")]
+    RingBuffer(u32),
+    #[error("--pid 0 is not a process; give the PID of a running process")]
+    PidZero,
+    #[error("--{0} must be at least 1")]
+    ZeroLimit(&'static str),
+}
+
+impl TryFrom<RecordArgs> for RecordOptions {
+    type Error = OptionsError;
+
+    fn try_from(args: RecordArgs) -> Result<Self, OptionsError> {
+        let duration = match args.duration {
+            Some(d) if d.is_zero() => return Err(OptionsError::ZeroDuration),
+            Some(d) => Some(*d),
+            None if args.command.is_empty() => Some(DEFAULT_DURATION),
+            None => None,
+        };
+        let (output, format) = match (args.output, args.format) {
+            (Some(output), Some(format)) => (output, format),
+            (Some(output), None) => {
+                let format = OutputFormat::from_path(&output)?;
+                (output, format)
+            }
+            (None, format) => {
+                let format = format.unwrap_or(OutputFormat::Svg);
+                (PathBuf::from(format!("flame.{}", format.extension())), format)
+            }
+        };
+        let mib = args.ring_buffer_mib;
+        if !mib.is_power_of_two() || mib > 1024 {
+            return Err(OptionsError::RingBuffer(mib));
+        }
+        if args.pids.contains(&0) {
+            return Err(OptionsError::PidZero);
+        }
+        if args.max_traced_processes == 0 {
+            return Err(OptionsError::ZeroLimit("max-traced-processes"));
+        }
+        Ok(Self {
+            duration,
+            frequency_hz: args.frequency,
+            pids: args.pids,
+            command: args.command,
+            output,
+            format,
+            kernel_stacks: !args.no_kernel,
+            ring_buffer_bytes: mib << 20,
+            max_traced_processes: args.max_traced_processes,
+            process_limits: ProcessLimits {
+                max_open_objects: args.max_open_objects,
+                ..ProcessLimits::default()
+            },
+        })
+    }
+}
+
+impl RecordOptions {
+    /// True when sampling is limited to chosen processes.
+    pub fn filters_processes(&self) -> bool {
+        !self.pids.is_empty() || !self.command.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<RecordOptions, String> {
+        let cli = Cli::try_parse_from(["hearth", "record"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        let Command::Record(args) = cli.command;
+        RecordOptions::try_from(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_profile_the_machine_for_ten_seconds_into_an_svg() {
+        let options = parse(&[]).unwrap();
+        assert_eq!(options.duration, Some(Duration::from_secs(10)));
+        assert_eq!(options.frequency_hz, 99);
+        assert_eq!(options.output, PathBuf::from("flame.svg"));
+        assert_eq!(options.format, OutputFormat::Svg);
+        assert!(options.kernel_stacks && !options.filters_processes());
+        assert_eq!(options.ring_buffer_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn format_comes_from_flag_then_extension() {
+        assert_eq!(parse(&["-o", "x.pb.gz"]).unwrap().format, OutputFormat::Pprof);
+        assert_eq!(parse(&["-o", "x.txt"]).unwrap().format, OutputFormat::Folded);
+        let explicit = parse(&["-o", "x.data", "--format", "folded"]).unwrap();
+        assert_eq!((explicit.format, explicit.output), (OutputFormat::Folded, "x.data".into()));
+        let named = parse(&["--format", "pprof"]).unwrap();
+        assert_eq!(named.output, PathBuf::from("flame.pb.gz"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_what_would_work() {
+        assert!(parse(&["-o", "x.json"]).unwrap_err().contains("--format"));
+        assert!(parse(&["--format", "json"]).unwrap_err().contains("svg"));
+        assert!(parse(&["--duration", "0s"]).unwrap_err().contains("longer than zero"));
+        assert!(parse(&["--duration", "soon"]).is_err());
+        assert!(parse(&["--frequency", "0"]).is_err());
+        assert!(parse(&["--ring-buffer-mib", "3"]).unwrap_err().contains("power of two"));
+        assert!(parse(&["--pid", "0"]).unwrap_err().contains("running process"));
+        assert!(parse(&["--pid", "abc"]).is_err());
+    }
+
+    #[test]
+    fn a_command_runs_until_it_exits_unless_a_duration_is_given() {
+        let options = parse(&["--", "sleep", "1"]).unwrap();
+        assert_eq!(options.command, ["sleep", "1"]);
+        assert_eq!(options.duration, None);
+        assert!(options.filters_processes());
+        let bounded = parse(&["-d", "2s", "--", "sleep", "5"]).unwrap();
+        assert_eq!(bounded.duration, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn pids_and_a_command_cannot_be_combined() {
+        assert!(parse(&["--pid", "1", "--", "true"]).is_err());
+        let pids = parse(&["-p", "10", "-p", "20", "-d", "1m"]).unwrap();
+        assert_eq!(pids.pids, [10, 20]);
+        assert_eq!(pids.duration, Some(Duration::from_secs(60)));
+    }
+}

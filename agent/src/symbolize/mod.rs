@@ -1,0 +1,210 @@
+//! Symbolization: names user addresses from ELF symbols and DWARF
+//! (file:line, inlined functions as frames of their own, Rust and C++
+//! demangled) and kernel addresses from kallsyms, with blazesym.
+//!
+//! Results are cached by object identity and file offset, so an address is
+//! symbolized once however many stacks and processes share it. Addresses
+//! that cannot be named keep a frame: `module+0xoffset`, or `[unknown]`.
+
+use std::{collections::hash_map::Entry, sync::Arc};
+
+use blazesym::symbolize::{
+    self as blaze, Input, Symbolized,
+    source::{Elf, Kernel, Source},
+};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::process::{ObjectId, ObjectTable};
+
+/// One function frame of a symbolized address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    pub function: Arc<str>,
+    pub file: Option<Arc<str>>,
+    pub line: u32,
+}
+
+/// Cache effectiveness, for logs and self-metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SymbolizerStats {
+    /// Addresses answered from the cache.
+    pub hits: u64,
+    /// Addresses that had to be symbolized.
+    pub misses: u64,
+    /// Objects whose symbols could not be read at all (corrupt or unreadable).
+    pub unreadable_objects: u64,
+}
+
+/// Frames of one address, outermost function first, inlined callees after.
+type Frames = Box<[Frame]>;
+
+pub struct Symbolizer {
+    blaze: blaze::Symbolizer,
+    strings: FxHashSet<Arc<str>>,
+    user: FxHashMap<(ObjectId, u64), Frames>,
+    kernel: FxHashMap<u64, Frames>,
+    unknown: Frames,
+    stats: SymbolizerStats,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    pub fn new() -> Self {
+        let blaze = blaze::Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        let mut strings = FxHashSet::default();
+        let unknown = Box::new([Frame {
+            function: intern(&mut strings, "[unknown]"),
+            file: None,
+            line: 0,
+        }]);
+        Self {
+            blaze,
+            strings,
+            user: FxHashMap::default(),
+            kernel: FxHashMap::default(),
+            unknown,
+            stats: SymbolizerStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> SymbolizerStats {
+        self.stats
+    }
+
+    /// Symbolizes every (object, file offset) pair not cached yet, one batch per object.
+    pub fn prepare_user(
+        &mut self,
+        objects: &ObjectTable,
+        wanted: impl IntoIterator<Item = (ObjectId, u64)>,
+    ) {
+        let mut missing: FxHashMap<ObjectId, Vec<u64>> = FxHashMap::default();
+        for (object, offset) in wanted {
+            if self.user.contains_key(&(object, offset)) {
+                self.stats.hits += 1;
+            } else {
+                self.stats.misses += 1;
+                missing.entry(object).or_default().push(offset);
+            }
+        }
+        for (object, mut offsets) in missing {
+            offsets.sort_unstable();
+            offsets.dedup();
+            let info = objects.get(object);
+            let results = match info.readable_path() {
+                Some(path) => {
+                    let source = Source::Elf(Elf::new(path));
+                    self.blaze
+                        .symbolize(&source, Input::FileOffset(&offsets))
+                        .map_err(|err| {
+                            self.stats.unreadable_objects += 1;
+                            tracing::warn!(
+                                object = %info.path.display(),
+                                %err,
+                                "cannot read symbols (corrupt or unreadable ELF); its frames stay as module+offset"
+                            );
+                        })
+                        .ok()
+                }
+                None => None,
+            };
+            let module = info.short_name();
+            for (i, offset) in offsets.iter().enumerate() {
+                let named = results.as_ref().and_then(|r| frames_of(&mut self.strings, &r[i]));
+                let frames = named.unwrap_or_else(|| {
+                    let name = format!("{module}+0x{offset:x}");
+                    Box::new([Frame {
+                        function: intern(&mut self.strings, &name),
+                        file: None,
+                        line: 0,
+                    }])
+                });
+                self.user.insert((object, *offset), frames);
+            }
+        }
+    }
+
+    /// Symbolizes every kernel address not cached yet, in one batch.
+    pub fn prepare_kernel(&mut self, wanted: impl IntoIterator<Item = u64>) {
+        let mut missing = Vec::new();
+        for address in wanted {
+            match self.kernel.entry(address) {
+                Entry::Occupied(_) => self.stats.hits += 1,
+                Entry::Vacant(_) => {
+                    self.stats.misses += 1;
+                    missing.push(address);
+                }
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return;
+        }
+        let source = Source::Kernel(Kernel::default());
+        let results = match self.blaze.symbolize(&source, Input::AbsAddr(&missing)) {
+            Ok(results) => Some(results),
+            Err(err) => {
+                tracing::warn!(%err, "cannot read kernel symbols; kernel frames stay [unknown]");
+                None
+            }
+        };
+        for (i, address) in missing.iter().enumerate() {
+            let frames = results
+                .as_ref()
+                .and_then(|r| frames_of(&mut self.strings, &r[i]))
+                .unwrap_or_else(|| self.unknown.clone());
+            self.kernel.insert(*address, frames);
+        }
+    }
+
+    /// Frames of a user address; `[unknown]` if it was never prepared.
+    pub fn user(&self, object: ObjectId, offset: u64) -> &[Frame] {
+        self.user.get(&(object, offset)).unwrap_or(&self.unknown)
+    }
+
+    /// Frames of a kernel address; `[unknown]` if it was never prepared.
+    pub fn kernel(&self, address: u64) -> &[Frame] {
+        self.kernel.get(&address).unwrap_or(&self.unknown)
+    }
+
+    /// The frame for an address outside every known mapping.
+    pub fn unknown(&self) -> &[Frame] {
+        &self.unknown
+    }
+}
+
+fn intern(strings: &mut FxHashSet<Arc<str>>, text: &str) -> Arc<str> {
+    if let Some(existing) = strings.get(text) {
+        return existing.clone();
+    }
+    let shared: Arc<str> = Arc::from(text);
+    strings.insert(shared.clone());
+    shared
+}
+
+/// The function, then each inlined callee, each with its own line.
+fn frames_of(strings: &mut FxHashSet<Arc<str>>, symbolized: &Symbolized<'_>) -> Option<Frames> {
+    let Symbolized::Sym(sym) = symbolized else {
+        return None;
+    };
+    let mut frame = |name: &str, code: Option<&blaze::CodeInfo<'_>>| Frame {
+        function: intern(strings, name),
+        file: code.map(|c| intern(strings, &c.to_path().to_string_lossy())),
+        line: code.and_then(|c| c.line).unwrap_or(0),
+    };
+    let mut frames = Vec::with_capacity(1 + sym.inlined.len());
+    frames.push(frame(&sym.name, sym.code_info.as_deref()));
+    for inlined in &sym.inlined {
+        frames.push(frame(&inlined.name, inlined.code_info.as_ref()));
+    }
+    Some(frames.into_boxed_slice())
+}

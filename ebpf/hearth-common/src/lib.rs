@@ -1,0 +1,111 @@
+//! The ABI between Hearth's kernel programs and the userspace agent.
+//!
+//! Every type here is `#[repr(C)]` with fixed-width fields and explicit
+//! padding, so both sides agree on the layout whatever compiler built them.
+//! Sizes are checked at compile time.
+#![no_std]
+
+/// Deepest kernel or user stack a CPU sample carries (the kernel's
+/// `PERF_MAX_STACK_DEPTH` is 127).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Length of a task's command name, including the trailing NUL.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// One CPU sample, as written to the `CPU_SAMPLES` ring buffer.
+///
+/// Only the first `kernel_frames` / `user_frames` entries of the stacks are
+/// meaningful; the rest is uninitialised ring-buffer memory.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CpuSample {
+    /// `bpf_ktime_get_ns()` when the sample fired (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    /// cgroup v2 id of the sampled task.
+    pub cgroup_id: u64,
+    /// Boot-time start of the thread-group leader, in nanoseconds. With
+    /// `tgid` and `exec_id` it names one process image, so a reused PID or an
+    /// `exec` never mixes two programs' addresses.
+    pub process_start_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    /// Low 32 bits of `task_struct.self_exec_id`; bumps on every `exec`.
+    pub exec_id: u32,
+    pub kernel_frames: u32,
+    pub user_frames: u32,
+    /// Name of the sampled thread, NUL-padded.
+    pub comm: [u8; TASK_COMM_LEN],
+    pub kernel_stack: [u64; MAX_STACK_DEPTH],
+    pub user_stack: [u64; MAX_STACK_DEPTH],
+}
+
+/// Size of the fixed header in front of the two stacks.
+pub const CPU_SAMPLE_HEADER_SIZE: usize = core::mem::offset_of!(CpuSample, kernel_stack);
+const _: () = assert!(CPU_SAMPLE_HEADER_SIZE == 64);
+const _: () = assert!(core::mem::size_of::<CpuSample>() == 64 + 2 * 8 * MAX_STACK_DEPTH);
+
+/// Byte offsets of the `task_struct` fields the kernel programs read,
+/// learned at load time from the running kernel's BTF (Rust eBPF has no
+/// CO-RE relocations, so the agent computes them and passes them in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    pub tgid: u32,
+    pub group_leader: u32,
+    pub start_boottime: u32,
+    pub self_exec_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
+
+/// Load-time settings of the CPU sampler, read-only in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SamplerConfig {
+    pub task: TaskOffsets,
+    /// Non-zero: only sample tasks whose tgid is in `TGID_FILTER`.
+    pub filter_tgids: u8,
+    /// Non-zero: do not collect kernel stacks.
+    pub skip_kernel_stack: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<SamplerConfig>() == 32);
+
+/// Slots of the per-CPU `COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Samples written to the ring buffer.
+    Samples = 0,
+    /// Samples dropped because the ring buffer was full.
+    RingFull = 1,
+    /// `bpf_get_stack` failed for the kernel stack (sample kept without it).
+    KernelStackError = 2,
+    /// `bpf_get_stack` failed for the user stack (sample kept without it).
+    UserStackError = 3,
+    /// A `task_struct` read failed (sample kept, process identity partial).
+    TaskReadError = 4,
+    /// The descendant filter was full when a traced process forked.
+    FilterFull = 5,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::Samples,
+        Counter::RingFull,
+        Counter::KernelStackError,
+        Counter::UserStackError,
+        Counter::TaskReadError,
+        Counter::FilterFull,
+    ];
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, repr(C), no padding left implicit.
+    unsafe impl aya::Pod for super::TaskOffsets {}
+    unsafe impl aya::Pod for super::SamplerConfig {}
+}

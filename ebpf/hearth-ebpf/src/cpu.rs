@@ -1,0 +1,168 @@
+//! CPU stack sampling: a perf_event program on every CPU writes one
+//! `CpuSample` per tick to `CPU_SAMPLES`, and two scheduler tracepoints keep
+//! the tgid filter following the traced processes' children.
+
+use aya_ebpf::{
+    Global,
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+    },
+    macros::{map, perf_event, raw_tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::{PerfEventContext, RawTracePointContext},
+    EbpfContext,
+};
+use hearth_common::{Counter, CpuSample, MAX_STACK_DEPTH, SamplerConfig, TaskOffsets};
+
+use crate::task::{process_identity, read_field};
+
+const NO_OFFSETS: TaskOffsets = TaskOffsets {
+    pid: 0,
+    tgid: 0,
+    group_leader: 0,
+    start_boottime: 0,
+    self_exec_id: 0,
+    _pad: 0,
+};
+
+/// Set by the agent at load time.
+#[unsafe(no_mangle)]
+static SAMPLER_CONFIG: Global<SamplerConfig> = Global::new(SamplerConfig {
+    task: NO_OFFSETS,
+    filter_tgids: 0,
+    skip_kernel_stack: 0,
+    _pad: [0; 6],
+});
+
+/// Byte size is set by the agent (`ring_buffer_bytes`).
+#[map]
+static CPU_SAMPLES: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Processes to sample when `filter_tgids` is set; size set by the agent.
+#[map]
+static TGID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and this program cannot be preempted on its CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    // SAFETY: the value is only compared against None, never held.
+    unsafe { TGID_FILTER.get(&tgid) }.is_some()
+}
+
+#[perf_event]
+pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    try_cpu_sample(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_cpu_sample(ctx: &PerfEventContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    if tid == 0 {
+        return; // the idle task: nothing to attribute
+    }
+    let config = SAMPLER_CONFIG.load();
+    if config.filter_tgids != 0 && !is_traced(tgid) {
+        return;
+    }
+    let Some(mut entry) = CPU_SAMPLES.reserve::<CpuSample>(0) else {
+        count(Counter::RingFull);
+        return;
+    };
+    let sample = entry.as_mut_ptr();
+    // SAFETY: `sample` points at reserved ring-buffer memory sized for a CpuSample;
+    // every header field is written before submit, stacks up to the recorded lengths.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let (start, exec_id) = match process_identity(task, &config.task) {
+            Ok(identity) => identity,
+            Err(_) => {
+                count(Counter::TaskReadError);
+                (0, 0)
+            }
+        };
+        (*sample).timestamp_ns = bpf_ktime_get_ns();
+        (*sample).cgroup_id = bpf_get_current_cgroup_id();
+        (*sample).process_start_ns = start;
+        (*sample).tgid = tgid;
+        (*sample).tid = tid;
+        (*sample).cpu = bpf_get_smp_processor_id();
+        (*sample).exec_id = exec_id;
+        (*sample).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+
+        const STACK_BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
+        (*sample).kernel_frames = 0;
+        if config.skip_kernel_stack == 0 {
+            let ret = bpf_get_stack(
+                ctx.as_ptr(),
+                (*sample).kernel_stack.as_mut_ptr().cast(),
+                STACK_BYTES,
+                0,
+            );
+            if ret >= 0 {
+                (*sample).kernel_frames = (ret / 8) as u32;
+            } else {
+                count(Counter::KernelStackError);
+            }
+        }
+        let ret = bpf_get_stack(
+            ctx.as_ptr(),
+            (*sample).user_stack.as_mut_ptr().cast(),
+            STACK_BYTES,
+            BPF_F_USER_STACK as u64,
+        );
+        (*sample).user_frames = if ret >= 0 {
+            (ret / 8) as u32
+        } else {
+            count(Counter::UserStackError);
+            0
+        };
+    }
+    entry.submit(0);
+    count(Counter::Samples);
+}
+
+/// Runs in the parent: a traced process's new child is traced too, and a new
+/// process that reuses a stale traced tgid is untraced.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn track_fork(ctx: RawTracePointContext) -> i32 {
+    match try_track_fork(&ctx) {
+        Ok(()) => 0,
+        Err(ret) => ret,
+    }
+}
+
+#[inline(always)]
+fn try_track_fork(ctx: &RawTracePointContext) -> Result<(), i32> {
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let child: *const u8 = ctx.arg(1);
+    let offsets = SAMPLER_CONFIG.load().task;
+    // SAFETY: arg 1 of sched_process_fork is the child's task_struct.
+    let child_tgid: u32 = unsafe { read_field(child, offsets.tgid)? };
+    if child_tgid == parent_tgid {
+        return Ok(()); // a new thread of the same process
+    }
+    if is_traced(parent_tgid) {
+        if TGID_FILTER.insert(&child_tgid, &1, 0).is_err() {
+            count(Counter::FilterFull);
+        }
+    } else if is_traced(child_tgid) {
+        // The tgid belonged to a traced process that has exited.
+        let _ = TGID_FILTER.remove(&child_tgid);
+    }
+    Ok(())
+}
