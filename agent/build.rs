@@ -13,8 +13,8 @@ fn main() -> anyhow::Result<()> {
     let proto_dir = workspace.join("proto");
     let profile_proto = proto_dir.join("profile.proto");
     println!("cargo:rerun-if-changed={}", profile_proto.display());
-    let descriptors = protox::compile([&profile_proto], [&proto_dir])
-        .context("parsing proto/profile.proto")?;
+    let descriptors =
+        protox::compile([&profile_proto], [&proto_dir]).context("parsing proto/profile.proto")?;
     prost_build::Config::new()
         .compile_fds(descriptors)
         .context("generating pprof types")?;

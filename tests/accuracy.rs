@@ -37,7 +37,14 @@ fn profile_side_by_side(fixture: &Path, dir: tempfile::TempDir) -> Outputs {
         .iter()
         .map(|out| {
             spawn_hearth(&[
-                "record", "--pid", &pid, "-F", &hz, "--duration", &window, "--output",
+                "record",
+                "--pid",
+                &pid,
+                "-F",
+                &hz,
+                "--duration",
+                &window,
+                "--output",
                 out.to_str().unwrap(),
             ])
         })
@@ -63,7 +70,10 @@ fn check(fixture: &Path, process: &str, chain: &[&str]) {
     let out = profile_side_by_side(fixture, dir);
 
     let hearth_counts = folded_leaf_counts(&out.folded, process, &LEAVES);
-    let (hearth_a, perf_a) = (percent_first(&hearth_counts), percent_first(&out.perf_counts));
+    let (hearth_a, perf_a) = (
+        percent_first(&hearth_counts),
+        percent_first(&out.perf_counts),
+    );
     eprintln!(
         "{process}: leaf_a share hearth {hearth_a:.2}% ({hearth_counts:?}), perf {perf_a:.2}% ({:?})",
         out.perf_counts
@@ -73,11 +83,21 @@ fn check(fixture: &Path, process: &str, chain: &[&str]) {
         "hearth says leaf_a has {hearth_a:.2}% of the leaf samples, perf says {perf_a:.2}%"
     );
     // The fixture's own split is 75/25 by construction.
-    assert!((hearth_a - 75.0).abs() <= 5.0, "split {hearth_a:.2}% is far from 75%");
+    assert!(
+        (hearth_a - 75.0).abs() <= 5.0,
+        "split {hearth_a:.2}% is far from 75%"
+    );
 
     let share = full_chain_share(&out.folded, process, chain, &LEAVES);
-    eprintln!("{process}: {:.2}% of samples carry main → … → leaf", share * 100.0);
-    assert!(share >= 0.90, "only {:.1}% of samples carry the full chain", share * 100.0);
+    eprintln!(
+        "{process}: {:.2}% of samples carry main → … → leaf",
+        share * 100.0
+    );
+    assert!(
+        share >= 0.90,
+        "only {:.1}% of samples carry the full chain",
+        share * 100.0
+    );
 
     let top = pprof_top_functions(&out.pprof);
     assert!(
@@ -100,7 +120,11 @@ fn check(fixture: &Path, process: &str, chain: &[&str]) {
 fn c_with_frame_pointers_matches_perf() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let fixture = build_c("two_leaves.c", dir.path(), &["-O0", "-g", "-fno-omit-frame-pointer"]);
+    let fixture = build_c(
+        "two_leaves.c",
+        dir.path(),
+        &["-O0", "-g", "-fno-omit-frame-pointer"],
+    );
     check(&fixture, "two_leaves", &["main", "work"]);
 }
 
@@ -113,19 +137,37 @@ fn rust_with_forced_frame_pointers_matches_perf() {
         dir.path(),
         &["-C", "opt-level=2", "-C", "force-frame-pointers=yes", "-g"],
     );
-    check(&fixture, "two_leaves_rs", &["two_leaves::main", "two_leaves::work"]);
+    check(
+        &fixture,
+        "two_leaves_rs",
+        &["two_leaves::main", "two_leaves::work"],
+    );
 }
 
 #[test]
 fn pprof_carries_lines_build_ids_and_labels() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let fixture = build_c("two_leaves.c", dir.path(), &["-O0", "-g", "-fno-omit-frame-pointer"]);
+    let fixture = build_c(
+        "two_leaves.c",
+        dir.path(),
+        &["-O0", "-g", "-fno-omit-frame-pointer"],
+    );
     let mut target = Running::spawn(&fixture, &["4"]);
     let pid = target.pid().to_string();
     let out = dir.path().join("cpu.pprof");
     let recording = run_hearth(
-        &["record", "--pid", &pid, "-F", "499", "-d", "2s", "-o", out.to_str().unwrap()],
+        &[
+            "record",
+            "--pid",
+            &pid,
+            "-F",
+            "499",
+            "-d",
+            "2s",
+            "-o",
+            out.to_str().unwrap(),
+        ],
         Duration::from_secs(30),
     );
     assert_success(&recording);
@@ -134,13 +176,16 @@ fn pprof_carries_lines_build_ids_and_labels() {
 
     let lines = go_pprof(&["-top", "-lines", profile]);
     assert!(
-        lines.lines().any(|l| l.contains("leaf_a") && l.contains("two_leaves.c:")),
+        lines
+            .lines()
+            .any(|l| l.contains("leaf_a") && l.contains("two_leaves.c:")),
         "no file:line for leaf_a in:\n{lines}"
     );
     let raw = go_pprof(&["-raw", profile]);
     let build_id = readelf_build_id(&fixture);
     assert!(
-        raw.lines().any(|l| l.contains(fixture.to_str().unwrap()) && l.contains(&build_id)),
+        raw.lines()
+            .any(|l| l.contains(fixture.to_str().unwrap()) && l.contains(&build_id)),
         "no mapping of {} with build id {build_id} in:\n{raw}",
         fixture.display()
     );
@@ -153,7 +198,11 @@ fn pprof_carries_lines_build_ids_and_labels() {
 
 /// The GNU build id as binutils reads it, independent of hearth.
 fn readelf_build_id(binary: &Path) -> String {
-    let output = std::process::Command::new("readelf").arg("-n").arg(binary).output().unwrap();
+    let output = std::process::Command::new("readelf")
+        .arg("-n")
+        .arg(binary)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     text.lines()
         .find_map(|l| l.trim().strip_prefix("Build ID: "))

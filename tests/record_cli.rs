@@ -14,7 +14,11 @@ use hearth_tests::*;
 const LEAVES: [&str; 2] = ["leaf_a", "leaf_b"];
 
 fn c_fixture(dir: &Path) -> PathBuf {
-    build_c("two_leaves.c", dir, &["-O0", "-g", "-fno-omit-frame-pointer"])
+    build_c(
+        "two_leaves.c",
+        dir,
+        &["-O0", "-g", "-fno-omit-frame-pointer"],
+    )
 }
 
 fn path_str(path: &Path) -> &str {
@@ -30,16 +34,38 @@ fn a_command_and_its_descendants_are_profiled_until_it_exits() {
     // sh forks two fixture processes: both are descendants of the command.
     let script = format!("{0} 1.5 & {0} 1.5; wait", fixture.display());
     let output = run_hearth(
-        &["record", "-F", "499", "-o", path_str(&out), "--", "sh", "-c", &script],
+        &[
+            "record",
+            "-F",
+            "499",
+            "-o",
+            path_str(&out),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
         Duration::from_secs(60),
     );
     assert_success(&output);
-    assert!(stderr(&output).contains("the command exited"), "{}", stderr(&output));
-    let by_process = pprof_values_by_process(&out);
-    let fixture_pids = by_process.keys().filter(|(name, _)| name == "two_leaves").count();
-    assert_eq!(fixture_pids, 2, "expected both forked fixtures: {by_process:?}");
     assert!(
-        by_process.keys().all(|(name, _)| name == "two_leaves" || name == "sh"),
+        stderr(&output).contains("the command exited"),
+        "{}",
+        stderr(&output)
+    );
+    let by_process = pprof_values_by_process(&out);
+    let fixture_pids = by_process
+        .keys()
+        .filter(|(name, _)| name == "two_leaves")
+        .count();
+    assert_eq!(
+        fixture_pids, 2,
+        "expected both forked fixtures: {by_process:?}"
+    );
+    assert!(
+        by_process
+            .keys()
+            .all(|(name, _)| name == "two_leaves" || name == "sh"),
         "only the command's processes belong in the profile: {by_process:?}"
     );
 }
@@ -51,16 +77,32 @@ fn ctrl_c_stops_early_and_still_writes_the_profile() {
     let target = Running::spawn(&c_fixture(dir.path()), &["30"]);
     let out = dir.path().join("interrupted.folded");
     let recording = spawn_hearth(&[
-        "record", "--pid", &target.pid().to_string(), "-d", "60s", "-o", path_str(&out),
+        "record",
+        "--pid",
+        &target.pid().to_string(),
+        "-d",
+        "60s",
+        "-o",
+        path_str(&out),
     ]);
     std::thread::sleep(Duration::from_secs(2));
     // SAFETY: sending a signal to our own child.
-    assert_eq!(unsafe { libc::kill(recording.pid() as i32, libc::SIGINT) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(recording.pid() as i32, libc::SIGINT) },
+        0
+    );
     let output = recording.output_within(Duration::from_secs(20));
     assert_success(&output);
-    assert!(stderr(&output).contains("interrupted"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("interrupted"),
+        "{}",
+        stderr(&output)
+    );
     let counts = folded_leaf_counts(&read_folded(&out), "two_leaves", &LEAVES);
-    assert!(counts.iter().sum::<u64>() > 50, "too few samples kept: {counts:?}");
+    assert!(
+        counts.iter().sum::<u64>() > 50,
+        "too few samples kept: {counts:?}"
+    );
 }
 
 #[test]
@@ -72,7 +114,14 @@ fn a_process_that_exited_and_whose_binary_was_deleted_is_still_named() {
     let mut target = Running::spawn(&vanishing, &["2"]);
     let out = dir.path().join("gone.folded");
     let recording = spawn_hearth(&[
-        "record", "--pid", &target.pid().to_string(), "-F", "499", "-d", "30s", "-o",
+        "record",
+        "--pid",
+        &target.pid().to_string(),
+        "-F",
+        "499",
+        "-d",
+        "30s",
+        "-o",
         path_str(&out),
     ]);
     std::thread::sleep(Duration::from_secs(1));
@@ -87,7 +136,10 @@ fn a_process_that_exited_and_whose_binary_was_deleted_is_still_named() {
     );
     let stacks = read_folded(&out);
     let counts = folded_leaf_counts(&stacks, "vanishing", &LEAVES);
-    assert!(counts[0] > 0 && counts[1] > 0, "leaves not named after exit and deletion: {stacks:?}");
+    assert!(
+        counts[0] > 0 && counts[1] > 0,
+        "leaves not named after exit and deletion: {stacks:?}"
+    );
     let share = full_chain_share(&stacks, "vanishing", &["main", "work"], &LEAVES);
     assert!(share >= 0.9, "frames lost after exit: {share}");
 }
@@ -96,10 +148,23 @@ fn a_process_that_exited_and_whose_binary_was_deleted_is_still_named() {
 fn inlined_functions_are_frames_of_their_own_and_cpp_is_demangled() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let fixture = build_cpp("inlined.cpp", dir.path(), &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let fixture = build_cpp(
+        "inlined.cpp",
+        dir.path(),
+        &["-O2", "-g", "-fno-omit-frame-pointer"],
+    );
     let out = dir.path().join("inlined.folded");
     let output = run_hearth(
-        &["record", "-F", "499", "-o", path_str(&out), "--", path_str(&fixture), "1.5"],
+        &[
+            "record",
+            "-F",
+            "499",
+            "-o",
+            path_str(&out),
+            "--",
+            path_str(&fixture),
+            "1.5",
+        ],
         Duration::from_secs(30),
     );
     assert_success(&output);
@@ -126,7 +191,13 @@ fn kernel_frames_are_marked_and_can_be_left_out() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     // dd spends most of its time in read/write system calls.
-    let dd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=512", "count=3000000"];
+    let dd = [
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=512",
+        "count=3000000",
+    ];
     let with_kernel = dir.path().join("k.folded");
     let mut args = vec!["record", "-F", "499", "-o", path_str(&with_kernel), "--"];
     args.extend(dd);
@@ -138,16 +209,29 @@ fn kernel_frames_are_marked_and_can_be_left_out() {
         .map(|(_, c)| c)
         .sum();
     let total: u64 = stacks.iter().map(|(_, c)| c).sum();
-    assert!(kernel * 2 > total, "dd should be mostly in the kernel: {kernel} of {total}");
+    assert!(
+        kernel * 2 > total,
+        "dd should be mostly in the kernel: {kernel} of {total}"
+    );
 
     let without = dir.path().join("u.folded");
-    let mut args = vec!["record", "--no-kernel", "-F", "499", "-o", path_str(&without), "--"];
+    let mut args = vec![
+        "record",
+        "--no-kernel",
+        "-F",
+        "499",
+        "-o",
+        path_str(&without),
+        "--",
+    ];
     args.extend(dd);
     assert_success(&run_hearth(&args, Duration::from_secs(60)));
     let stacks = read_folded(&without);
     assert!(!stacks.is_empty());
     assert!(
-        stacks.iter().all(|(f, _)| f.iter().all(|frame| !frame.ends_with("_[k]"))),
+        stacks
+            .iter()
+            .all(|(f, _)| f.iter().all(|frame| !frame.ends_with("_[k]"))),
         "--no-kernel still has kernel frames"
     );
 }
@@ -161,12 +245,24 @@ fn the_progress_line_shows_on_a_terminal_only() {
 
     let plain = dir.path().join("plain.folded");
     let output = run_hearth(
-        &["record", "--pid", &pid, "-d", "1500ms", "-o", path_str(&plain)],
+        &[
+            "record",
+            "--pid",
+            &pid,
+            "-d",
+            "1500ms",
+            "-o",
+            path_str(&plain),
+        ],
         Duration::from_secs(30),
     );
     assert_success(&output);
     let text = stderr(&output);
-    assert_eq!(text.lines().count(), 1, "only the summary when not on a terminal: {text:?}");
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "only the summary when not on a terminal: {text:?}"
+    );
     assert!(text.starts_with("hearth: wrote"), "{text}");
 
     // `script` runs hearth on a pseudo-terminal and copies what it draws.
@@ -180,7 +276,11 @@ fn the_progress_line_shows_on_a_terminal_only() {
         .args(["-q", "-e", "-c", &command, "/dev/null"])
         .output()
         .expect("run script (util-linux)");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     let drawn = String::from_utf8_lossy(&output.stdout);
     assert!(
         drawn.contains("recording") && drawn.contains("samples") && drawn.contains("lost"),
@@ -197,7 +297,12 @@ fn without_privileges_the_error_says_what_to_do() {
     fs::copy(hearth_bin(), &hearth).unwrap();
     let out = dir.path().join("flame.svg");
     let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(&hearth)
         .args(["record", "-d", "1s", "-o", path_str(&out)])
         .output()
@@ -211,8 +316,14 @@ fn without_privileges_the_error_says_what_to_do() {
 #[test]
 fn bad_requests_fail_fast_with_what_would_work() {
     let cases: [(&[&str], &str); 4] = [
-        (&["record", "--pid", "99999999"], "no process with PID 99999999"),
-        (&["record", "-o", "/nonexistent-dir/flame.svg"], "choose another --output"),
+        (
+            &["record", "--pid", "99999999"],
+            "no process with PID 99999999",
+        ),
+        (
+            &["record", "-o", "/nonexistent-dir/flame.svg"],
+            "choose another --output",
+        ),
         (&["record", "-o", "flame.json"], "--format"),
         (&["record", "--format", "json"], "svg"),
     ];
@@ -220,7 +331,10 @@ fn bad_requests_fail_fast_with_what_would_work() {
         let output = run_hearth(args, Duration::from_secs(10));
         let text = stderr(&output);
         assert!(!output.status.success(), "{args:?} should fail");
-        assert!(text.contains(expected), "{args:?}: {text:?} lacks {expected:?}");
+        assert!(
+            text.contains(expected),
+            "{args:?}: {text:?} lacks {expected:?}"
+        );
     }
 }
 
@@ -235,11 +349,21 @@ fn a_failed_write_saves_the_profile_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = c_fixture(dir.path());
     let output = run_hearth(
-        &["record", "-o", path_str(&out), "--", path_str(&fixture), "1"],
+        &[
+            "record",
+            "-o",
+            path_str(&out),
+            "--",
+            path_str(&fixture),
+            "1",
+        ],
         Duration::from_secs(30),
     );
     let text = stderr(&output);
-    assert!(!output.status.success(), "writing to a 4 KiB filesystem should fail: {text}");
+    assert!(
+        !output.status.success(),
+        "writing to a 4 KiB filesystem should fail: {text}"
+    );
     let saved = text
         .split("saved to ")
         .nth(1)

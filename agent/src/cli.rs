@@ -29,12 +29,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Profile the machine, some processes, or a command, and write one profile.
-    #[command(
-        after_help = "Examples:\n  \
+    #[command(after_help = "Examples:\n  \
             sudo hearth record --duration 30s --output flame.svg\n  \
             sudo hearth record --pid 1234 --output cpu.pb.gz\n  \
-            sudo hearth record --frequency 999 --output stacks.folded -- ./my-benchmark --fast"
-    )]
+            sudo hearth record --frequency 999 --output stacks.folded -- ./my-benchmark --fast")]
     Record(RecordArgs),
 }
 
@@ -49,7 +47,9 @@ pub struct RecordArgs {
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub frequency: u64,
 
-    /// Profile only this process (repeatable). Default: every process.
+    /// Profile this process, and children it starts while recording
+    /// (repeatable). Recording ends early once all of them have exited.
+    /// Default: every process.
     #[arg(short, long = "pid", value_name = "PID", conflicts_with = "command")]
     pub pids: Vec<u32>,
 

@@ -27,7 +27,8 @@ fn effective_capabilities() -> io::Result<u64> {
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff line"))?;
-    u64::from_str_radix(hex.trim(), 16).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+    u64::from_str_radix(hex.trim(), 16)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
 }
 
 fn has(caps: u64, cap: u32) -> bool {
@@ -79,7 +80,8 @@ pub fn raise_resource_limits() {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0 && files.rlim_cur < files.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0 && files.rlim_cur < files.rlim_max
+        {
             files.rlim_cur = files.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &files);
         }

@@ -40,11 +40,15 @@ pub fn hearth_bin() -> PathBuf {
 }
 
 pub fn fixture_source(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 fn run_ok(command: &mut Command) {
-    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     assert!(
         output.status.success(),
         "{command:?} failed: {}",
@@ -55,14 +59,26 @@ fn run_ok(command: &mut Command) {
 /// Compiles a C fixture with gcc into `dir`.
 pub fn build_c(source: &str, dir: &Path, flags: &[&str]) -> PathBuf {
     let out = dir.join(Path::new(source).file_stem().unwrap());
-    run_ok(Command::new("gcc").args(flags).arg("-o").arg(&out).arg(fixture_source(source)));
+    run_ok(
+        Command::new("gcc")
+            .args(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(fixture_source(source)),
+    );
     out
 }
 
 /// Compiles a C++ fixture with g++ into `dir`.
 pub fn build_cpp(source: &str, dir: &Path, flags: &[&str]) -> PathBuf {
     let out = dir.join(Path::new(source).file_stem().unwrap());
-    run_ok(Command::new("g++").args(flags).arg("-o").arg(&out).arg(fixture_source(source)));
+    run_ok(
+        Command::new("g++")
+            .args(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(fixture_source(source)),
+    );
     out
 }
 
@@ -161,7 +177,12 @@ pub fn stderr(output: &Output) -> String {
 
 /// Asserts success, showing hearth's stderr otherwise.
 pub fn assert_success(output: &Output) {
-    assert!(output.status.success(), "hearth failed ({}): {}", output.status, stderr(output));
+    assert!(
+        output.status.success(),
+        "hearth failed ({}): {}",
+        output.status,
+        stderr(output)
+    );
 }
 
 /// One collapsed stack: frames root first, and its count.
@@ -172,8 +193,12 @@ pub fn read_folded(path: &Path) -> Vec<FoldedStack> {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     text.lines()
         .map(|line| {
-            let (stack, count) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad folded line {line:?}"));
-            let count = count.parse().unwrap_or_else(|_| panic!("bad count in {line:?}"));
+            let (stack, count) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad folded line {line:?}"));
+            let count = count
+                .parse()
+                .unwrap_or_else(|_| panic!("bad count in {line:?}"));
             (stack.split(';').map(str::to_owned).collect(), count)
         })
         .collect()
@@ -189,7 +214,10 @@ pub fn names(frame: &str, name: &str) -> bool {
 pub fn folded_leaf_counts(stacks: &[FoldedStack], process: &str, leaves: &[&str]) -> Vec<u64> {
     let mut counts = vec![0; leaves.len()];
     for (frames, count) in stacks.iter().filter(|(f, _)| f[0] == process) {
-        let hit = frames.iter().rev().find_map(|frame| leaves.iter().position(|l| names(frame, l)));
+        let hit = frames
+            .iter()
+            .rev()
+            .find_map(|frame| leaves.iter().position(|l| names(frame, l)));
         if let Some(index) = hit {
             counts[index] += count;
         }
@@ -199,7 +227,12 @@ pub fn folded_leaf_counts(stacks: &[FoldedStack], process: &str, leaves: &[&str]
 
 /// Share of `process`'s samples whose stack holds `chain` (root first,
 /// contiguous) followed by one of `leaves`.
-pub fn full_chain_share(stacks: &[FoldedStack], process: &str, chain: &[&str], leaves: &[&str]) -> f64 {
+pub fn full_chain_share(
+    stacks: &[FoldedStack],
+    process: &str,
+    chain: &[&str],
+    leaves: &[&str],
+) -> f64 {
     let (mut full, mut all) = (0, 0);
     for (frames, count) in stacks.iter().filter(|(f, _)| f[0] == process) {
         all += count;
@@ -218,7 +251,18 @@ pub fn full_chain_share(stacks: &[FoldedStack], process: &str, chain: &[&str], l
 /// `perf record` of one process, the reference profiler.
 pub fn spawn_perf_record(pid: u32, seconds: f64, hz: u32, out: &Path) -> Running {
     let child = Command::new("perf")
-        .args(["record", "-q", "-e", "cpu-clock", "-F", &hz.to_string(), "-g", "-p", &pid.to_string(), "-o"])
+        .args([
+            "record",
+            "-q",
+            "-e",
+            "cpu-clock",
+            "-F",
+            &hz.to_string(),
+            "-g",
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
         .arg(out)
         .args(["--", "sleep", &seconds.to_string()])
         .stdout(Stdio::null())
@@ -235,7 +279,11 @@ pub fn perf_leaf_counts(data: &Path, leaves: &[&str]) -> Vec<u64> {
         .arg(data)
         .output()
         .expect("run perf script");
-    assert!(output.status.success(), "perf script: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "perf script: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8_lossy(&output.stdout);
     let mut counts = vec![0; leaves.len()];
     for sample in text.split("\n\n") {
@@ -267,10 +315,17 @@ pub fn go_pprof(args: &[&str]) -> String {
     let output = Command::new("go")
         .args(["tool", "pprof"])
         .args(args)
-        .env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+        .env(
+            "HOME",
+            std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()),
+        )
         .output()
         .expect("run go tool pprof (install golang-go: `cargo xtask setup`)");
-    assert!(output.status.success(), "go tool pprof {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "go tool pprof {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -296,7 +351,10 @@ pub fn pprof_values_by_process(profile: &Path) -> BTreeMap<(String, u32), i64> {
             break;
         }
         let line = line.trim();
-        if let Some((v, _)) = line.split_once(':').filter(|(v, _)| v.chars().all(|c| c.is_ascii_digit())) {
+        if let Some((v, _)) = line
+            .split_once(':')
+            .filter(|(v, _)| v.chars().all(|c| c.is_ascii_digit()))
+        {
             value = v.parse().unwrap();
         }
         if let Some(rest) = line.split("process_name:[").nth(1) {

@@ -1,1 +1,117 @@
-fn main() {}
+//! Hearth's developer tasks. Each one installs what it is missing first, so
+//! the README's commands work on a fresh machine.
+
+mod setup;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Hearth's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and test tools Hearth needs (idempotent;
+    /// apt packages need root): rust-src for nightly, LLVM 22, bpf-linker,
+    /// perf, Go (for `go tool pprof`), gcc/g++.
+    Setup,
+    /// Set up, build once in release mode, and run every test (as root: the
+    /// end-to-end tests load BPF programs).
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up and run the benchmarks (as root: they record real samples).
+    Bench {
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, build the agent in release mode and run it, e.g.
+    /// `cargo xtask run -- record --duration 10s --output flame.svg`.
+    Run {
+        #[arg(last = true, required = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Test { args } => {
+            setup::run()?;
+            cargo(&root, &["build", "--release", "--workspace"])?;
+            // Unit tests of every crate, in parallel.
+            cargo_with(
+                &root,
+                &[
+                    "test",
+                    "--release",
+                    "--workspace",
+                    "--exclude",
+                    "hearth-tests",
+                ],
+                &args,
+            )?;
+            // End-to-end tests one at a time: they time real programs on 2 cores.
+            let mut e2e: Vec<OsString> = args.clone();
+            e2e.push("--test-threads=1".into());
+            cargo_with(&root, &["test", "--release", "-p", "hearth-tests"], &e2e)?;
+            // Benchmarks must keep compiling even when not run.
+            cargo(&root, &["bench", "--workspace", "--no-run"])
+        }
+        Task::Bench { args } => {
+            setup::run()?;
+            cargo_with(&root, &["bench", "-p", "hearth"], &args)
+        }
+        Task::Run { args } => {
+            setup::run()?;
+            cargo(&root, &["build", "--release", "-p", "hearth"])?;
+            let hearth = root.join("target/release/hearth");
+            let status = Command::new(&hearth)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", hearth.display()))?;
+            if !status.success() {
+                bail!("hearth exited with {status}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    cargo_with(root, args, &[])
+}
+
+/// Runs cargo with `args`, then `--` and `extra` when there are any.
+fn cargo_with(root: &Path, args: &[&str], extra: &[OsString]) -> anyhow::Result<()> {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .current_dir(root)
+        .args(args)
+        .env("PATH", setup::path_with_tools());
+    if !extra.is_empty() {
+        command.arg("--").args(extra);
+    }
+    setup::run_command(&mut command)
+}

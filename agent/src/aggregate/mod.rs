@@ -174,7 +174,12 @@ mod tests {
     fn identical_stacks_are_interned_once_and_counted() {
         let mut processes = ProcessTable::new(ProcessLimits::default());
         let mut table = StackTable::new();
-        let a = sample(NO_SUCH_PID, b"w", &[0xffff_0010, 0xffff_0020], &[0x1000, 0x2000]);
+        let a = sample(
+            NO_SUCH_PID,
+            b"w",
+            &[0xffff_0010, 0xffff_0020],
+            &[0x1000, 0x2000],
+        );
         for _ in 0..3 {
             add(&mut table, &mut processes, &a);
         }

@@ -96,8 +96,17 @@ pub(crate) mod fixtures {
     /// the kernel from main, sampled once.
     pub fn small_profile() -> Profile {
         let strings = [
-            "", "app", "main", "work", "leaf", "app.c", "/usr/bin/app", "abcd", "do_syscall_64",
-            "[kernel.kallsyms]", "worker",
+            "",
+            "app",
+            "main",
+            "work",
+            "leaf",
+            "app.c",
+            "/usr/bin/app",
+            "abcd",
+            "do_syscall_64",
+            "[kernel.kallsyms]",
+            "worker",
         ];
         let f = |name: u32, file: u32| Function { name, file };
         let line = |function: u32, line: u32| Line { function, line };
@@ -179,7 +188,11 @@ mod tests {
             ("stacks.folded", OutputFormat::Folded),
             ("stacks.txt", OutputFormat::Folded),
         ] {
-            assert_eq!(OutputFormat::from_path(Path::new(name)), Ok(format), "{name}");
+            assert_eq!(
+                OutputFormat::from_path(Path::new(name)),
+                Ok(format),
+                "{name}"
+            );
         }
     }
 
@@ -187,7 +200,10 @@ mod tests {
     fn an_unknown_extension_says_what_would_work() {
         let err = OutputFormat::from_path(Path::new("out.json")).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("out.json") && text.contains("--format"), "{text}");
+        assert!(
+            text.contains("out.json") && text.contains("--format"),
+            "{text}"
+        );
         assert!(OutputFormat::from_path(Path::new("noextension")).is_err());
     }
 }

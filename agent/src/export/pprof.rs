@@ -155,9 +155,15 @@ mod tests {
         let [sample_type] = p.sample_type.as_slice() else {
             panic!("one sample type expected");
         };
-        assert_eq!((str(&p, sample_type.r#type), str(&p, sample_type.unit)), ("cpu", "nanoseconds"));
+        assert_eq!(
+            (str(&p, sample_type.r#type), str(&p, sample_type.unit)),
+            ("cpu", "nanoseconds")
+        );
         let period_type = p.period_type.as_ref().unwrap();
-        assert_eq!((str(&p, period_type.r#type), str(&p, period_type.unit)), ("cpu", "nanoseconds"));
+        assert_eq!(
+            (str(&p, period_type.r#type), str(&p, period_type.unit)),
+            ("cpu", "nanoseconds")
+        );
         assert_eq!(p.period, 10_101_010);
         let values: Vec<i64> = p.sample.iter().map(|s| s.value[0]).collect();
         assert_eq!(values, [3 * 10_101_010, 10_101_010]);
@@ -175,7 +181,11 @@ mod tests {
             }
         }
         for s in &p.sample {
-            assert!(s.location_id.iter().all(|&id| id >= 1 && id as usize <= p.location.len()));
+            assert!(
+                s.location_id
+                    .iter()
+                    .all(|&id| id >= 1 && id as usize <= p.location.len())
+            );
         }
         let inlined = &p.location[1];
         let names: Vec<&str> = inlined
@@ -195,11 +205,18 @@ mod tests {
             .label
             .iter()
             .map(|l| {
-                let value = if l.str != 0 { str(&p, l.str).to_owned() } else { l.num.to_string() };
+                let value = if l.str != 0 {
+                    str(&p, l.str).to_owned()
+                } else {
+                    l.num.to_string()
+                };
                 (str(&p, l.key), value)
             })
             .collect();
         assert!(labels.contains(&("pid", "10".into())), "{labels:?}");
-        assert!(labels.contains(&("thread_name", "worker".into())), "{labels:?}");
+        assert!(
+            labels.contains(&("thread_name", "worker".into())),
+            "{labels:?}"
+        );
     }
 }

@@ -2,7 +2,10 @@
 
 use std::io;
 
-use inferno::flamegraph::{self, color::{MultiPalette, Palette}};
+use inferno::flamegraph::{
+    self,
+    color::{MultiPalette, Palette},
+};
 
 use super::folded_lines;
 use crate::profile::Profile;

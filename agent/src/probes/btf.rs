@@ -59,7 +59,9 @@ pub fn member_offset(btf: &Btf, structure: &str, field: &str) -> Result<u32, Btf
     let no_struct = || BtfError::NoStruct {
         name: structure.to_owned(),
     };
-    let types = btf.resolve_types_by_name(structure).map_err(|_| no_struct())?;
+    let types = btf
+        .resolve_types_by_name(structure)
+        .map_err(|_| no_struct())?;
     let members = types
         .iter()
         .find_map(|ty| match ty {

@@ -12,7 +12,9 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         PerfEvent, ProgramError, RawTracePoint,
-        perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
+        perf_event::{
+            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
     },
     util::online_cpus,
 };
@@ -51,7 +53,9 @@ pub enum ProbeError {
     Btf(#[from] btf::BtfError),
     #[error("loading the eBPF programs into the kernel failed")]
     Load(#[source] aya::EbpfError),
-    #[error("the eBPF object has no {0}; the build is inconsistent, rebuild with `cargo build --release`")]
+    #[error(
+        "the eBPF object has no {0}; the build is inconsistent, rebuild with `cargo build --release`"
+    )]
     Missing(&'static str),
     #[error("preparing program {program} failed")]
     Program {
@@ -239,7 +243,10 @@ impl CpuSampler {
             map: COUNTERS,
             source,
         };
-        let map = self.ebpf.map(COUNTERS).ok_or(ProbeError::Missing(COUNTERS))?;
+        let map = self
+            .ebpf
+            .map(COUNTERS)
+            .ok_or(ProbeError::Missing(COUNTERS))?;
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
         let mut totals = KernelCounters::default();
         for counter in Counter::ALL {
@@ -255,7 +262,8 @@ where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
     let program = ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?;
-    program
-        .try_into()
-        .map_err(|source| ProbeError::Program { program: name, source })
+    program.try_into().map_err(|source| ProbeError::Program {
+        program: name,
+        source,
+    })
 }

@@ -9,7 +9,9 @@ use hearth_common::{CpuSample, MAX_STACK_DEPTH, TASK_COMM_LEN};
 pub enum SampleDecodeError {
     #[error("record of {0} bytes is shorter than a CPU sample")]
     Short(usize),
-    #[error("record claims {kernel} kernel and {user} user frames (at most {MAX_STACK_DEPTH} each)")]
+    #[error(
+        "record claims {kernel} kernel and {user} user frames (at most {MAX_STACK_DEPTH} each)"
+    )]
     BadDepth { kernel: u32, user: u32 },
 }
 
@@ -127,14 +129,20 @@ mod tests {
 
     #[test]
     fn decodes_what_the_kernel_layout_holds() {
-        let bytes = encode(&sample(&[0xffff_1], &[0x10, 0x20, 0x30]));
+        let bytes = encode(&sample(&[0xf_fff1], &[0x10, 0x20, 0x30]));
         let raw = RawSample::decode(&bytes).unwrap();
         assert_eq!(
-            (raw.tgid, raw.tid, raw.cpu, raw.exec_id, raw.process_start_ns),
+            (
+                raw.tgid,
+                raw.tid,
+                raw.cpu,
+                raw.exec_id,
+                raw.process_start_ns
+            ),
             (4, 5, 6, 7, 3)
         );
         assert_eq!(raw.comm_str(), "worker");
-        assert_eq!(raw.kernel_stack().collect::<Vec<_>>(), [0xffff_1]);
+        assert_eq!(raw.kernel_stack().collect::<Vec<_>>(), [0xf_fff1]);
         assert_eq!(raw.user_stack().collect::<Vec<_>>(), [0x10, 0x20, 0x30]);
     }
 

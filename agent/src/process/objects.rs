@@ -19,7 +19,10 @@ pub struct ObjectId(pub u32);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 enum Identity {
-    File { device: (i32, i32), inode: u64 },
+    File {
+        device: (i32, i32),
+        inode: u64,
+    },
     /// Kernel-provided code such as `[vdso]`, one per name.
     Pseudo(String),
 }
@@ -39,9 +42,10 @@ pub struct ObjectInfo {
 impl ObjectInfo {
     /// File name without directories, for `module+0xoffset` frames.
     pub fn short_name(&self) -> String {
-        self.path
-            .file_name()
-            .map_or_else(|| self.path.display().to_string(), |name| name.to_string_lossy().into_owned())
+        self.path.file_name().map_or_else(
+            || self.path.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        )
     }
 
     /// A path blazesym can open now, or None for pseudo objects.
@@ -107,7 +111,12 @@ impl ObjectTable {
     }
 
     /// The object for a file mapping of process `tgid`, opening it on first sight.
-    pub fn file(&mut self, tgid: u32, mapping: &procfs::process::MemoryMap, path: &Path) -> ObjectId {
+    pub fn file(
+        &mut self,
+        tgid: u32,
+        mapping: &procfs::process::MemoryMap,
+        path: &Path,
+    ) -> ObjectId {
         let identity = Identity::File {
             device: mapping.dev,
             inode: mapping.inode,
@@ -120,9 +129,8 @@ impl ObjectTable {
             .to_str()
             .and_then(|p| p.strip_suffix(" (deleted)"))
             .map_or_else(|| path.to_owned(), PathBuf::from);
-        let fallback_path = Path::new(&format!("/proc/{tgid}/root")).join(
-            visible_path.strip_prefix("/").unwrap_or(&visible_path),
-        );
+        let fallback_path = Path::new(&format!("/proc/{tgid}/root"))
+            .join(visible_path.strip_prefix("/").unwrap_or(&visible_path));
         let file = if self.open_files < self.max_open_files {
             // map_files names exactly the mapped file, even if deleted or
             // replaced since; it needs CAP_SYS_ADMIN, so fall back to the path

@@ -30,9 +30,10 @@ pub fn build_profile(
         processes.objects(),
         counted().flat_map(|s| {
             s.user.iter().filter_map(|frame| match *frame {
-                UserFrame::Mapped { address, mapping } => {
-                    Some((mapping.object, address - mapping.start + mapping.file_offset))
-                }
+                UserFrame::Mapped { address, mapping } => Some((
+                    mapping.object,
+                    address - mapping.start + mapping.file_offset,
+                )),
                 UserFrame::Unmapped { .. } => None,
             })
         }),
@@ -124,7 +125,11 @@ impl Builder {
             .collect()
     }
 
-    fn push_location(&mut self, key: LocationKey, location: impl FnOnce(&mut Self) -> Location) -> u32 {
+    fn push_location(
+        &mut self,
+        key: LocationKey,
+        location: impl FnOnce(&mut Self) -> Location,
+    ) -> u32 {
         if let Some(&index) = self.locations.get(&key) {
             return index;
         }
@@ -138,7 +143,12 @@ impl Builder {
     /// The kernel mapping spans exactly the kernel addresses seen.
     fn finish(mut self) -> Profile {
         if let Some(index) = self.kernel_mapping {
-            let addresses = self.profile.locations.iter().filter(|l| l.kernel).map(|l| l.address);
+            let addresses = self
+                .profile
+                .locations
+                .iter()
+                .filter(|l| l.kernel)
+                .map(|l| l.address);
             let (low, high) = addresses.fold((u64::MAX, 0), |(lo, hi), a| (lo.min(a), hi.max(a)));
             let mapping = &mut self.profile.mappings[index as usize];
             mapping.start = low;

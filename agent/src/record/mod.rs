@@ -159,7 +159,9 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
     progress.phase("symbolizing");
     let profile = pipeline.profile(ProfileMeta {
         period_ns: 1_000_000_000 / options.frequency_hz,
-        start_unix_ns: start_wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        start_unix_ns: start_wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
         duration_ns: elapsed.as_nanos() as u64,
     });
     let svg = SvgOptions {
@@ -173,7 +175,8 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         )),
     };
     progress.phase("writing");
-    let write = |out: &mut dyn std::io::Write| export::write_profile(&profile, options.format, &svg, out);
+    let write =
+        |out: &mut dyn std::io::Write| export::write_profile(&profile, options.format, &svg, out);
     let written = output.commit(write);
     progress.finish();
     if let Err(err) = written {
@@ -181,7 +184,9 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         let rescue = std::env::temp_dir().join(format!(
             "hearth-{}-{}.{}",
             std::process::id(),
-            start_wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            start_wall
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             options.format.extension()
         ));
         let saved = OutputFile::prepare(&rescue).and_then(|o| o.commit(write));

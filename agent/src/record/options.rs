@@ -58,7 +58,10 @@ impl TryFrom<RecordArgs> for RecordOptions {
             }
             (None, format) => {
                 let format = format.unwrap_or(OutputFormat::Svg);
-                (PathBuf::from(format!("flame.{}", format.extension())), format)
+                (
+                    PathBuf::from(format!("flame.{}", format.extension())),
+                    format,
+                )
             }
         };
         let mib = args.ring_buffer_mib;
@@ -123,10 +126,19 @@ mod tests {
 
     #[test]
     fn format_comes_from_flag_then_extension() {
-        assert_eq!(parse(&["-o", "x.pb.gz"]).unwrap().format, OutputFormat::Pprof);
-        assert_eq!(parse(&["-o", "x.txt"]).unwrap().format, OutputFormat::Folded);
+        assert_eq!(
+            parse(&["-o", "x.pb.gz"]).unwrap().format,
+            OutputFormat::Pprof
+        );
+        assert_eq!(
+            parse(&["-o", "x.txt"]).unwrap().format,
+            OutputFormat::Folded
+        );
         let explicit = parse(&["-o", "x.data", "--format", "folded"]).unwrap();
-        assert_eq!((explicit.format, explicit.output), (OutputFormat::Folded, "x.data".into()));
+        assert_eq!(
+            (explicit.format, explicit.output),
+            (OutputFormat::Folded, "x.data".into())
+        );
         let named = parse(&["--format", "pprof"]).unwrap();
         assert_eq!(named.output, PathBuf::from("flame.pb.gz"));
     }
@@ -135,11 +147,23 @@ mod tests {
     fn bad_values_are_refused_with_what_would_work() {
         assert!(parse(&["-o", "x.json"]).unwrap_err().contains("--format"));
         assert!(parse(&["--format", "json"]).unwrap_err().contains("svg"));
-        assert!(parse(&["--duration", "0s"]).unwrap_err().contains("longer than zero"));
+        assert!(
+            parse(&["--duration", "0s"])
+                .unwrap_err()
+                .contains("longer than zero")
+        );
         assert!(parse(&["--duration", "soon"]).is_err());
         assert!(parse(&["--frequency", "0"]).is_err());
-        assert!(parse(&["--ring-buffer-mib", "3"]).unwrap_err().contains("power of two"));
-        assert!(parse(&["--pid", "0"]).unwrap_err().contains("running process"));
+        assert!(
+            parse(&["--ring-buffer-mib", "3"])
+                .unwrap_err()
+                .contains("power of two")
+        );
+        assert!(
+            parse(&["--pid", "0"])
+                .unwrap_err()
+                .contains("running process")
+        );
         assert!(parse(&["--pid", "abc"]).is_err());
     }
 

@@ -79,7 +79,10 @@ impl OutputFile {
             out.flush().map_err(unwritable)?;
         }
         // Temporary files are created 0600; a profile is an ordinary file.
-        let _ = fs::set_permissions(temp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        let _ = fs::set_permissions(
+            temp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        );
         temp.persist(&path).map_err(|err| unwritable(err.error))?;
         Ok(())
     }
@@ -106,7 +109,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = OutputFile::prepare(dir.path()).err().unwrap();
         assert!(err.to_string().contains("is a directory"), "{err}");
-        let err = OutputFile::prepare(&dir.path().join("no/such/dir/flame.svg")).err().unwrap();
+        let err = OutputFile::prepare(&dir.path().join("no/such/dir/flame.svg"))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("choose another --output"), "{err}");
     }
 }

@@ -21,13 +21,13 @@ impl Progress {
     }
 
     pub fn update(&self, samples: u64, lost: u64) {
-        self.bar.set_message(format!("{samples} samples, {lost} lost"));
+        self.bar
+            .set_message(format!("{samples} samples, {lost} lost"));
     }
 
     pub fn phase(&self, what: &str) {
-        self.bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg}").expect("valid template"),
-        );
+        self.bar
+            .set_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
         self.bar.set_message(what.to_owned());
     }
 

@@ -89,7 +89,10 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn notices_when_watched_processes_exit() {
-        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         let reaper = std::thread::spawn(move || child.wait());
         tokio::time::timeout(std::time::Duration::from_secs(10), all_exited(&[pid]))
@@ -100,7 +103,10 @@ mod tests {
 
     #[test]
     fn an_unknown_command_says_so() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let _guard = runtime.enter();
         let err = spawn(&["/no/such/program".into()]).unwrap_err();
         assert!(err.to_string().contains("/no/such/program"), "{err}");

@@ -118,7 +118,9 @@ impl Symbolizer {
             };
             let module = info.short_name();
             for (i, offset) in offsets.iter().enumerate() {
-                let named = results.as_ref().and_then(|r| frames_of(&mut self.strings, &r[i]));
+                let named = results
+                    .as_ref()
+                    .and_then(|r| frames_of(&mut self.strings, &r[i]));
                 let frames = named.unwrap_or_else(|| {
                     let name = format!("{module}+0x{offset:x}");
                     Box::new([Frame {

@@ -3,7 +3,7 @@
 //! the tgid filter following the traced processes' children.
 
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -12,7 +12,6 @@ use aya_ebpf::{
     macros::{map, perf_event, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{PerfEventContext, RawTracePointContext},
-    EbpfContext,
 };
 use hearth_common::{Counter, CpuSample, MAX_STACK_DEPTH, SamplerConfig, TaskOffsets};
 
@@ -58,7 +57,7 @@ fn count(counter: Counter) {
 #[inline(always)]
 fn is_traced(tgid: u32) -> bool {
     // SAFETY: the value is only compared against None, never held.
-    unsafe { TGID_FILTER.get(&tgid) }.is_some()
+    unsafe { TGID_FILTER.get(tgid) }.is_some()
 }
 
 #[perf_event]
@@ -157,12 +156,12 @@ fn try_track_fork(ctx: &RawTracePointContext) -> Result<(), i32> {
         return Ok(()); // a new thread of the same process
     }
     if is_traced(parent_tgid) {
-        if TGID_FILTER.insert(&child_tgid, &1, 0).is_err() {
+        if TGID_FILTER.insert(child_tgid, 1, 0).is_err() {
             count(Counter::FilterFull);
         }
     } else if is_traced(child_tgid) {
         // The tgid belonged to a traced process that has exited.
-        let _ = TGID_FILTER.remove(&child_tgid);
+        let _ = TGID_FILTER.remove(child_tgid);
     }
     Ok(())
 }
