@@ -24,7 +24,7 @@ pub use ring::SampleRing;
 pub use sample::{RawSample, SampleDecodeError, comm_to_str, encode as encode_sample};
 
 /// The kernel programs, built by `build.rs` and embedded in the binary.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hearth"));
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hearth-ebpf"));
 
 const SAMPLES_RING: &str = "CPU_SAMPLES";
 const TGID_FILTER: &str = "TGID_FILTER";
