@@ -394,3 +394,42 @@ impl Drop for TinyTmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// Samples the ring cannot take are counted in the kernel and reported.
+#[test]
+fn samples_lost_to_a_full_ring_are_counted_and_reported() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = c_fixture(dir.path());
+    let out = dir.path().join("lossy.folded");
+    // Two busy processes at 4999 Hz into a ring of three samples, with the
+    // reader competing for the same two CPUs: the ring must overflow.
+    let script = format!("{0} 2 & {0} 2; wait", fixture.display());
+    let output = run_hearth(
+        &[
+            "record",
+            "-F",
+            "4999",
+            "--ring-buffer-size",
+            "8KiB",
+            "-o",
+            path_str(&out),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        Duration::from_secs(60),
+    );
+    assert_success(&output);
+    let text = stderr(&output);
+    let lost: u64 = text
+        .split(" samples were lost because the ring buffer was full")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no lost-sample report in {text:?}"));
+    assert!(lost > 0, "{text}");
+    let kept: u64 = read_folded(&out).iter().map(|(_, c)| c).sum();
+    assert!(kept > 0, "what did fit must still be written");
+}

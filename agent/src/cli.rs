@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::export::OutputFormat;
+use crate::{export::OutputFormat, units::ByteSize};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,10 +66,11 @@ pub struct RecordArgs {
     #[arg(long)]
     pub no_kernel: bool,
 
-    /// Size of the sample ring buffer shared by all CPUs, in MiB (a power of
-    /// two). Samples that find it full are dropped and counted as lost.
-    #[arg(long, default_value_t = 4, value_name = "MIB")]
-    pub ring_buffer_mib: u32,
+    /// Size of the sample ring buffer shared by all CPUs (a power of two, at
+    /// least one page, e.g. 4MiB). Samples that find it full are dropped and
+    /// counted as lost.
+    #[arg(long, default_value = "4MiB", value_name = "SIZE")]
+    pub ring_buffer_size: ByteSize,
 
     /// Most processes the PID/command filter follows (the given ones and
     /// their descendants).

@@ -17,6 +17,7 @@ pub mod process;
 pub mod profile;
 pub mod record;
 pub mod symbolize;
+pub mod units;
 
 /// pprof's `profile.proto` messages, generated at build time from `proto/`.
 #[allow(clippy::all, missing_docs)]

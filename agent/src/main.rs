@@ -59,7 +59,7 @@ fn print_report(report: &RecordReport) {
         StopReason::DurationElapsed => "duration reached".to_owned(),
         StopReason::Interrupted => "interrupted".to_owned(),
         StopReason::TargetsExited => "the profiled processes exited".to_owned(),
-        StopReason::CommandExited(status) => format!("the command exited ({status})"),
+        StopReason::CommandExited(status) => format!("the command exited, {status}"),
     };
     let k = &report.kernel;
     eprintln!(
@@ -71,6 +71,15 @@ fn print_report(report: &RecordReport) {
         report.unique_stacks,
         report.elapsed.as_secs_f64(),
     );
+    tracing::info!(
+        written = k.samples,
+        ring_full = k.ring_full,
+        kernel_stack_errors = k.kernel_stack_errors,
+        user_stack_errors = k.user_stack_errors,
+        task_read_errors = k.task_read_errors,
+        filter_full = k.filter_full,
+        "kernel counters"
+    );
     if report.samples == 0 {
         eprintln!(
             "hearth: no samples were collected: nothing ran on a CPU while recording \
@@ -80,7 +89,7 @@ fn print_report(report: &RecordReport) {
     if k.ring_full > 0 {
         eprintln!(
             "hearth: {} samples were lost because the ring buffer was full; \
-             raise --ring-buffer-mib or lower --frequency",
+             raise --ring-buffer-size or lower --frequency",
             k.ring_full
         );
     }

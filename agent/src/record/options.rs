@@ -6,6 +6,7 @@ use crate::{
     cli::RecordArgs,
     export::{OutputFormat, UnknownFormat},
     process::ProcessLimits,
+    units::ByteSize,
 };
 
 /// Default recording time when no command bounds it.
@@ -32,8 +33,8 @@ pub enum OptionsError {
     Format(#[from] UnknownFormat),
     #[error("--duration must be longer than zero")]
     ZeroDuration,
-    #[error("--ring-buffer-mib must be a power of two between 1 and 1024, not {0}")]
-    RingBuffer(u32),
+    #[error("--ring-buffer-size must be a power of two from one page ({page}) to 1GiB, not {size}")]
+    RingBuffer { size: ByteSize, page: ByteSize },
     #[error("--pid 0 is not a process; give the PID of a running process")]
     PidZero,
     #[error("--{0} must be at least 1")]
@@ -64,9 +65,10 @@ impl TryFrom<RecordArgs> for RecordOptions {
                 )
             }
         };
-        let mib = args.ring_buffer_mib;
-        if !mib.is_power_of_two() || mib > 1024 {
-            return Err(OptionsError::RingBuffer(mib));
+        let ring = args.ring_buffer_size;
+        let page = ByteSize(page_size());
+        if !ring.0.is_power_of_two() || ring < page || ring > ByteSize(1 << 30) {
+            return Err(OptionsError::RingBuffer { size: ring, page });
         }
         if args.pids.contains(&0) {
             return Err(OptionsError::PidZero);
@@ -82,7 +84,7 @@ impl TryFrom<RecordArgs> for RecordOptions {
             output,
             format,
             kernel_stacks: !args.no_kernel,
-            ring_buffer_bytes: mib << 20,
+            ring_buffer_bytes: ring.0 as u32,
             max_traced_processes: args.max_traced_processes,
             process_limits: ProcessLimits {
                 max_open_objects: args.max_open_objects,
@@ -90,6 +92,12 @@ impl TryFrom<RecordArgs> for RecordOptions {
             },
         })
     }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
 }
 
 impl RecordOptions {
@@ -154,11 +162,19 @@ mod tests {
         );
         assert!(parse(&["--duration", "soon"]).is_err());
         assert!(parse(&["--frequency", "0"]).is_err());
+        let ring = parse(&["--ring-buffer-size", "3MiB"]).unwrap_err();
         assert!(
-            parse(&["--ring-buffer-mib", "3"])
-                .unwrap_err()
-                .contains("power of two")
+            ring.contains("power of two") && ring.contains("3MiB"),
+            "{ring}"
         );
+        assert!(
+            parse(&["--ring-buffer-size", "1KiB"])
+                .unwrap_err()
+                .contains("one page")
+        );
+        assert!(parse(&["--ring-buffer-size", "lots"]).is_err());
+        let small = parse(&["--ring-buffer-size", "64KiB"]).unwrap();
+        assert_eq!(small.ring_buffer_bytes, 64 << 10);
         assert!(
             parse(&["--pid", "0"])
                 .unwrap_err()
