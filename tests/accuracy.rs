@@ -120,11 +120,7 @@ fn check(fixture: &Path, process: &str, chain: &[&str]) {
 fn c_with_frame_pointers_matches_perf() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let fixture = build_c(
-        "two_leaves.c",
-        dir.path(),
-        &["-O0", "-g", "-fno-omit-frame-pointer"],
-    );
+    let fixture = build_two_leaves_c(dir.path());
     check(&fixture, "two_leaves", &["main", "work"]);
 }
 
@@ -148,11 +144,7 @@ fn rust_with_forced_frame_pointers_matches_perf() {
 fn pprof_carries_lines_build_ids_and_labels() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let fixture = build_c(
-        "two_leaves.c",
-        dir.path(),
-        &["-O0", "-g", "-fno-omit-frame-pointer"],
-    );
+    let fixture = build_two_leaves_c(dir.path());
     let mut target = Running::spawn(&fixture, &["4"]);
     let pid = target.pid().to_string();
     let out = dir.path().join("cpu.pprof");

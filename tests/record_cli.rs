@@ -13,14 +13,6 @@ use hearth_tests::*;
 
 const LEAVES: [&str; 2] = ["leaf_a", "leaf_b"];
 
-fn c_fixture(dir: &Path) -> PathBuf {
-    build_c(
-        "two_leaves.c",
-        dir,
-        &["-O0", "-g", "-fno-omit-frame-pointer"],
-    )
-}
-
 fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -29,10 +21,10 @@ fn path_str(path: &Path) -> &str {
 fn a_command_and_its_descendants_are_profiled_until_it_exits() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let fixture = c_fixture(dir.path());
+    let fixture = build_two_leaves_c(dir.path());
     let out = dir.path().join("cmd.pb.gz");
     // sh forks two fixture processes: both are descendants of the command.
-    let script = format!("{0} 1.5 & {0} 1.5; wait", fixture.display());
+    let script = two_at_once(&fixture, "1.5");
     let output = run_hearth(
         &[
             "record",
@@ -74,7 +66,7 @@ fn a_command_and_its_descendants_are_profiled_until_it_exits() {
 fn ctrl_c_stops_early_and_still_writes_the_profile() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let target = Running::spawn(&c_fixture(dir.path()), &["30"]);
+    let target = Running::spawn(&build_two_leaves_c(dir.path()), &["30"]);
     let out = dir.path().join("interrupted.folded");
     let recording = spawn_hearth(&[
         "record",
@@ -110,7 +102,7 @@ fn a_process_that_exited_and_whose_binary_was_deleted_is_still_named() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let vanishing = dir.path().join("vanishing");
-    fs::copy(c_fixture(dir.path()), &vanishing).unwrap();
+    fs::copy(build_two_leaves_c(dir.path()), &vanishing).unwrap();
     let mut target = Running::spawn(&vanishing, &["2"]);
     let out = dir.path().join("gone.folded");
     let recording = spawn_hearth(&[
@@ -240,7 +232,7 @@ fn kernel_frames_are_marked_and_can_be_left_out() {
 fn the_progress_line_shows_on_a_terminal_only() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let target = Running::spawn(&c_fixture(dir.path()), &["10"]);
+    let target = Running::spawn(&build_two_leaves_c(dir.path()), &["10"]);
     let pid = target.pid().to_string();
 
     let plain = dir.path().join("plain.folded");
@@ -347,7 +339,7 @@ fn a_failed_write_saves_the_profile_elsewhere() {
     let tiny = TinyTmpfs::mount(mount.path());
     let out = tiny.0.join("flame.svg");
     let dir = tempfile::tempdir().unwrap();
-    let fixture = c_fixture(dir.path());
+    let fixture = build_two_leaves_c(dir.path());
     let output = run_hearth(
         &[
             "record",
@@ -400,11 +392,11 @@ impl Drop for TinyTmpfs {
 fn samples_lost_to_a_full_ring_are_counted_and_reported() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let fixture = c_fixture(dir.path());
+    let fixture = build_two_leaves_c(dir.path());
     let out = dir.path().join("lossy.folded");
     // Two busy processes at 4999 Hz into a ring of three samples, with the
     // reader competing for the same two CPUs: the ring must overflow.
-    let script = format!("{0} 2 & {0} 2; wait", fixture.display());
+    let script = two_at_once(&fixture, "2");
     let output = run_hearth(
         &[
             "record",

@@ -39,7 +39,7 @@ impl CpuPipeline {
     /// Takes one ring-buffer record.
     pub fn ingest(&mut self, record: &[u8]) {
         match RawSample::decode(record) {
-            Ok(sample) if Some(sample.tgid) == self.ignored_tgid => {}
+            Ok(sample) if Some(sample.header.tgid) == self.ignored_tgid => {}
             Ok(sample) => self.stacks.add(&sample, &mut self.processes),
             Err(err) => {
                 self.malformed += 1;

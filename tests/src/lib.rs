@@ -69,6 +69,20 @@ pub fn build_c(source: &str, dir: &Path, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// The two-leaf C fixture, built for frame-pointer walks.
+pub fn build_two_leaves_c(dir: &Path) -> PathBuf {
+    build_c(
+        "two_leaves.c",
+        dir,
+        &["-O0", "-g", "-fno-omit-frame-pointer"],
+    )
+}
+
+/// A shell script that runs two copies of `program` at once and waits for both.
+pub fn two_at_once(program: &Path, args: &str) -> String {
+    format!("{0} {args} & {0} {args}; wait", program.display())
+}
+
 /// Compiles a C++ fixture with g++ into `dir`.
 pub fn build_cpp(source: &str, dir: &Path, flags: &[&str]) -> PathBuf {
     let out = dir.join(Path::new(source).file_stem().unwrap());

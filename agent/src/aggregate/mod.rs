@@ -56,15 +56,16 @@ impl StackTable {
     /// Counts one sample.
     pub fn add(&mut self, sample: &RawSample<'_>, processes: &mut ProcessTable) {
         self.samples += 1;
-        self.first_ns.get_or_insert(sample.timestamp_ns);
-        self.last_ns = self.last_ns.max(sample.timestamp_ns);
+        let header = &sample.header;
+        self.first_ns.get_or_insert(header.timestamp_ns);
+        self.last_ns = self.last_ns.max(header.timestamp_ns);
 
         let key = &mut self.key;
         key.clear();
-        key.push(u64::from(sample.tgid) << 32 | u64::from(sample.exec_id));
-        key.push(sample.process_start_ns);
-        key.push(u64::from_ne_bytes(sample.comm[..8].try_into().unwrap()));
-        key.push(u64::from_ne_bytes(sample.comm[8..].try_into().unwrap()));
+        key.push(u64::from(header.tgid) << 32 | u64::from(header.exec_id));
+        key.push(header.process_start_ns);
+        key.push(u64::from_ne_bytes(header.comm[..8].try_into().unwrap()));
+        key.push(u64::from_ne_bytes(header.comm[8..].try_into().unwrap()));
         key.push(sample.kernel_stack().len() as u64);
         key.extend(sample.kernel_stack());
         key.extend(sample.user_stack());
@@ -77,21 +78,22 @@ impl StackTable {
 
     #[cold]
     fn insert_new(&mut self, sample: &RawSample<'_>, processes: &mut ProcessTable) {
+        let header = &sample.header;
         let thread_name = sample.comm_str();
         let process = processes.observe(
             ProcessKey {
-                tgid: sample.tgid,
-                exec_id: sample.exec_id,
-                start_ns: sample.process_start_ns,
+                tgid: header.tgid,
+                exec_id: header.exec_id,
+                start_ns: header.process_start_ns,
             },
             &thread_name,
         );
-        let thread = match self.thread_index.get(&sample.comm) {
+        let thread = match self.thread_index.get(&header.comm) {
             Some(&id) => id,
             None => {
                 let id = ThreadNameId(self.thread_names.len() as u32);
                 self.thread_names.push(thread_name.into_owned());
-                self.thread_index.insert(sample.comm, id);
+                self.thread_index.insert(header.comm, id);
                 id
             }
         };
@@ -137,30 +139,20 @@ impl StackTable {
 
 #[cfg(test)]
 mod tests {
-    use hearth_common::{CpuSample, MAX_STACK_DEPTH};
+    use hearth_common::SampleHeader;
 
     use super::*;
     use crate::{probes::encode_sample, process::ProcessLimits};
 
     fn sample(tgid: u32, comm: &[u8], kernel: &[u64], user: &[u64]) -> Vec<u8> {
-        let mut s = CpuSample {
+        let mut header = SampleHeader {
             timestamp_ns: 100,
-            cgroup_id: 0,
-            process_start_ns: 0,
             tgid,
             tid: tgid,
-            cpu: 0,
-            exec_id: 0,
-            kernel_frames: kernel.len() as u32,
-            user_frames: user.len() as u32,
-            comm: [0; 16],
-            kernel_stack: [0; MAX_STACK_DEPTH],
-            user_stack: [0; MAX_STACK_DEPTH],
+            ..SampleHeader::default()
         };
-        s.comm[..comm.len()].copy_from_slice(comm);
-        s.kernel_stack[..kernel.len()].copy_from_slice(kernel);
-        s.user_stack[..user.len()].copy_from_slice(user);
-        encode_sample(&s)
+        header.comm[..comm.len()].copy_from_slice(comm);
+        encode_sample(header, kernel, user)
     }
 
     fn add(table: &mut StackTable, processes: &mut ProcessTable, bytes: &[u8]) {

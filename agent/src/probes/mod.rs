@@ -159,30 +159,24 @@ impl CpuSampler {
 
     /// Adds a process (and, from now on, its descendants) to the filter.
     pub fn trace_process(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        let map_err = |source| ProbeError::Map {
-            map: TGID_FILTER,
-            source,
-        };
-        let map = self
-            .ebpf
-            .map_mut(TGID_FILTER)
-            .ok_or(ProbeError::Missing(TGID_FILTER))?;
-        let mut filter: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(map_err)?;
-        filter.insert(tgid, 1, 0).map_err(map_err)
+        self.filter()?
+            .insert(tgid, 1, 0)
+            .map_err(|source| map_error(TGID_FILTER, source))
     }
 
     /// Removes a process from the filter (its descendants stay).
     pub fn untrace_process(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        let map_err = |source| ProbeError::Map {
-            map: TGID_FILTER,
-            source,
-        };
+        self.filter()?
+            .remove(&tgid)
+            .map_err(|source| map_error(TGID_FILTER, source))
+    }
+
+    fn filter(&mut self) -> Result<HashMap<&mut MapData, u32, u8>, ProbeError> {
         let map = self
             .ebpf
             .map_mut(TGID_FILTER)
             .ok_or(ProbeError::Missing(TGID_FILTER))?;
-        let mut filter: HashMap<_, u32, u8> = HashMap::try_from(map).map_err(map_err)?;
-        filter.remove(&tgid).map_err(map_err)
+        HashMap::try_from(map).map_err(|source| map_error(TGID_FILTER, source))
     }
 
     /// Hands out the sample ring; call once, before [`start`](Self::start).
@@ -191,10 +185,8 @@ impl CpuSampler {
             .ebpf
             .take_map(SAMPLES_RING)
             .ok_or(ProbeError::Missing(SAMPLES_RING))?;
-        let ring: RingBuf<MapData> = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            map: SAMPLES_RING,
-            source,
-        })?;
+        let ring: RingBuf<MapData> =
+            RingBuf::try_from(map).map_err(|source| map_error(SAMPLES_RING, source))?;
         SampleRing::new(ring).map_err(ProbeError::Ring)
     }
 
@@ -239,10 +231,7 @@ impl CpuSampler {
     }
 
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let map_err = |source| ProbeError::Map {
-            map: COUNTERS,
-            source,
-        };
+        let map_err = |source| map_error(COUNTERS, source);
         let map = self
             .ebpf
             .map(COUNTERS)
@@ -255,6 +244,10 @@ impl CpuSampler {
         }
         Ok(totals)
     }
+}
+
+fn map_error(map: &'static str, source: MapError) -> ProbeError {
+    ProbeError::Map { map, source }
 }
 
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, ProbeError>

@@ -3,7 +3,7 @@
 
 use std::mem::offset_of;
 
-use hearth_common::{CpuSample, MAX_STACK_DEPTH, TASK_COMM_LEN};
+use hearth_common::{CpuSample, MAX_STACK_DEPTH, SampleHeader, TASK_COMM_LEN};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SampleDecodeError {
@@ -15,25 +15,12 @@ pub enum SampleDecodeError {
     BadDepth { kernel: u32, user: u32 },
 }
 
+/// The header copied out, the stacks read in place.
 #[derive(Debug)]
 pub struct RawSample<'a> {
-    pub timestamp_ns: u64,
-    pub cgroup_id: u64,
-    pub process_start_ns: u64,
-    pub tgid: u32,
-    pub tid: u32,
-    pub cpu: u32,
-    pub exec_id: u32,
-    pub comm: [u8; TASK_COMM_LEN],
+    pub header: SampleHeader,
     kernel: &'a [u8],
     user: &'a [u8],
-}
-
-macro_rules! field {
-    ($bytes:expr, $field:ident, $ty:ty) => {{
-        const AT: usize = offset_of!(CpuSample, $field);
-        <$ty>::from_ne_bytes($bytes[AT..AT + size_of::<$ty>()].try_into().unwrap())
-    }};
 }
 
 impl<'a> RawSample<'a> {
@@ -41,23 +28,17 @@ impl<'a> RawSample<'a> {
         if bytes.len() < size_of::<CpuSample>() {
             return Err(SampleDecodeError::Short(bytes.len()));
         }
-        let kernel = field!(bytes, kernel_frames, u32);
-        let user = field!(bytes, user_frames, u32);
+        // SAFETY: the length was checked, and every bit pattern is a valid
+        // SampleHeader (integers only); the read needs no alignment.
+        let header = unsafe { bytes.as_ptr().cast::<SampleHeader>().read_unaligned() };
+        let (kernel, user) = (header.kernel_frames, header.user_frames);
         if kernel as usize > MAX_STACK_DEPTH || user as usize > MAX_STACK_DEPTH {
             return Err(SampleDecodeError::BadDepth { kernel, user });
         }
         let kernel_at = offset_of!(CpuSample, kernel_stack);
         let user_at = offset_of!(CpuSample, user_stack);
-        let comm_at = offset_of!(CpuSample, comm);
         Ok(Self {
-            timestamp_ns: field!(bytes, timestamp_ns, u64),
-            cgroup_id: field!(bytes, cgroup_id, u64),
-            process_start_ns: field!(bytes, process_start_ns, u64),
-            tgid: field!(bytes, tgid, u32),
-            tid: field!(bytes, tid, u32),
-            cpu: field!(bytes, cpu, u32),
-            exec_id: field!(bytes, exec_id, u32),
-            comm: bytes[comm_at..comm_at + TASK_COMM_LEN].try_into().unwrap(),
+            header,
             kernel: &bytes[kernel_at..kernel_at + kernel as usize * 8],
             user: &bytes[user_at..user_at + user as usize * 8],
         })
@@ -75,7 +56,7 @@ impl<'a> RawSample<'a> {
 
     /// The thread name up to its first NUL.
     pub fn comm_str(&self) -> std::borrow::Cow<'_, str> {
-        comm_to_str(&self.comm)
+        comm_to_str(&self.header.comm)
     }
 }
 
@@ -90,13 +71,25 @@ fn frames(bytes: &[u8]) -> impl ExactSizeIterator<Item = u64> + '_ {
         .map(|chunk| u64::from_ne_bytes(chunk.try_into().unwrap()))
 }
 
-/// Encodes a sample the way the kernel program lays it out; used by tests
-/// and benchmarks that replay recorded samples.
-pub fn encode(sample: &CpuSample) -> Vec<u8> {
+/// Lays out a sample as the kernel program writes it (frame counts taken
+/// from the stacks); for tests and for replaying recorded samples.
+pub fn encode(header: SampleHeader, kernel: &[u64], user: &[u64]) -> Vec<u8> {
+    assert!(kernel.len() <= MAX_STACK_DEPTH && user.len() <= MAX_STACK_DEPTH);
+    let mut sample = CpuSample {
+        header: SampleHeader {
+            kernel_frames: kernel.len() as u32,
+            user_frames: user.len() as u32,
+            ..header
+        },
+        kernel_stack: [0; MAX_STACK_DEPTH],
+        user_stack: [0; MAX_STACK_DEPTH],
+    };
+    sample.kernel_stack[..kernel.len()].copy_from_slice(kernel);
+    sample.user_stack[..user.len()].copy_from_slice(user);
     // SAFETY: CpuSample is repr(C) plain data with no implicit padding.
     let bytes = unsafe {
         std::slice::from_raw_parts(
-            std::ptr::from_ref(sample).cast::<u8>(),
+            std::ptr::from_ref(&sample).cast::<u8>(),
             size_of::<CpuSample>(),
         )
     };
@@ -107,8 +100,8 @@ pub fn encode(sample: &CpuSample) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn sample(kernel: &[u64], user: &[u64]) -> CpuSample {
-        let mut s = CpuSample {
+    fn header() -> SampleHeader {
+        SampleHeader {
             timestamp_ns: 1,
             cgroup_id: 2,
             process_start_ns: 3,
@@ -116,29 +109,18 @@ mod tests {
             tid: 5,
             cpu: 6,
             exec_id: 7,
-            kernel_frames: kernel.len() as u32,
-            user_frames: user.len() as u32,
             comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
-            kernel_stack: [0; MAX_STACK_DEPTH],
-            user_stack: [0; MAX_STACK_DEPTH],
-        };
-        s.kernel_stack[..kernel.len()].copy_from_slice(kernel);
-        s.user_stack[..user.len()].copy_from_slice(user);
-        s
+            ..SampleHeader::default()
+        }
     }
 
     #[test]
     fn decodes_what_the_kernel_layout_holds() {
-        let bytes = encode(&sample(&[0xf_fff1], &[0x10, 0x20, 0x30]));
+        let bytes = encode(header(), &[0xf_fff1], &[0x10, 0x20, 0x30]);
         let raw = RawSample::decode(&bytes).unwrap();
+        let h = raw.header;
         assert_eq!(
-            (
-                raw.tgid,
-                raw.tid,
-                raw.cpu,
-                raw.exec_id,
-                raw.process_start_ns
-            ),
+            (h.tgid, h.tid, h.cpu, h.exec_id, h.process_start_ns),
             (4, 5, 6, 7, 3)
         );
         assert_eq!(raw.comm_str(), "worker");
@@ -152,10 +134,11 @@ mod tests {
             RawSample::decode(&[0; 10]).unwrap_err(),
             SampleDecodeError::Short(10)
         );
-        let mut bad = sample(&[], &[]);
-        bad.user_frames = 500;
+        let mut bad = encode(header(), &[], &[]);
+        let at = offset_of!(SampleHeader, user_frames);
+        bad[at..at + 4].copy_from_slice(&500u32.to_ne_bytes());
         assert!(matches!(
-            RawSample::decode(&encode(&bad)),
+            RawSample::decode(&bad),
             Err(SampleDecodeError::BadDepth { user: 500, .. })
         ));
     }

@@ -12,13 +12,10 @@ pub const MAX_STACK_DEPTH: usize = 127;
 /// Length of a task's command name, including the trailing NUL.
 pub const TASK_COMM_LEN: usize = 16;
 
-/// One CPU sample, as written to the `CPU_SAMPLES` ring buffer.
-///
-/// Only the first `kernel_frames` / `user_frames` entries of the stacks are
-/// meaningful; the rest is uninitialised ring-buffer memory.
+/// Fixed part of a CPU sample.
 #[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CpuSample {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleHeader {
     /// `bpf_ktime_get_ns()` when the sample fired (CLOCK_MONOTONIC).
     pub timestamp_ns: u64,
     /// cgroup v2 id of the sampled task.
@@ -32,17 +29,25 @@ pub struct CpuSample {
     pub cpu: u32,
     /// Low 32 bits of `task_struct.self_exec_id`; bumps on every `exec`.
     pub exec_id: u32,
+    /// Valid entries in `CpuSample::kernel_stack`.
     pub kernel_frames: u32,
+    /// Valid entries in `CpuSample::user_stack`.
     pub user_frames: u32,
     /// Name of the sampled thread, NUL-padded.
     pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<SampleHeader>() == 64);
+
+/// One CPU sample, as written to the `CPU_SAMPLES` ring buffer. Only the
+/// first `kernel_frames` / `user_frames` stack entries are meaningful; the
+/// rest is uninitialised ring-buffer memory. Frames are innermost first.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CpuSample {
+    pub header: SampleHeader,
     pub kernel_stack: [u64; MAX_STACK_DEPTH],
     pub user_stack: [u64; MAX_STACK_DEPTH],
 }
-
-/// Size of the fixed header in front of the two stacks.
-pub const CPU_SAMPLE_HEADER_SIZE: usize = core::mem::offset_of!(CpuSample, kernel_stack);
-const _: () = assert!(CPU_SAMPLE_HEADER_SIZE == 64);
 const _: () = assert!(core::mem::size_of::<CpuSample>() == 64 + 2 * 8 * MAX_STACK_DEPTH);
 
 /// Byte offsets of the `task_struct` fields the kernel programs read,

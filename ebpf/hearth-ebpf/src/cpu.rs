@@ -94,17 +94,17 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
                 (0, 0)
             }
         };
-        (*sample).timestamp_ns = bpf_ktime_get_ns();
-        (*sample).cgroup_id = bpf_get_current_cgroup_id();
-        (*sample).process_start_ns = start;
-        (*sample).tgid = tgid;
-        (*sample).tid = tid;
-        (*sample).cpu = bpf_get_smp_processor_id();
-        (*sample).exec_id = exec_id;
-        (*sample).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*sample).header.timestamp_ns = bpf_ktime_get_ns();
+        (*sample).header.cgroup_id = bpf_get_current_cgroup_id();
+        (*sample).header.process_start_ns = start;
+        (*sample).header.tgid = tgid;
+        (*sample).header.tid = tid;
+        (*sample).header.cpu = bpf_get_smp_processor_id();
+        (*sample).header.exec_id = exec_id;
+        (*sample).header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 
         const STACK_BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
-        (*sample).kernel_frames = 0;
+        (*sample).header.kernel_frames = 0;
         if config.skip_kernel_stack == 0 {
             let ret = bpf_get_stack(
                 ctx.as_ptr(),
@@ -113,7 +113,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
                 0,
             );
             if ret >= 0 {
-                (*sample).kernel_frames = (ret / 8) as u32;
+                (*sample).header.kernel_frames = (ret / 8) as u32;
             } else {
                 count(Counter::KernelStackError);
             }
@@ -124,7 +124,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
             STACK_BYTES,
             BPF_F_USER_STACK as u64,
         );
-        (*sample).user_frames = if ret >= 0 {
+        (*sample).header.user_frames = if ret >= 0 {
             (ret / 8) as u32
         } else {
             count(Counter::UserStackError);
