@@ -1,7 +1,7 @@
-//! Builds the two things the agent embeds: the eBPF object (through
-//! aya-build, with the nightly toolchain and bpf-linker) and the pprof
-//! message types (through prost-build; protox parses the .proto, so no
-//! system `protoc` is needed).
+//! Builds what the agent embeds: the eBPF object (through aya-build, with
+//! the nightly toolchain and bpf-linker) and the pprof and Pyroscope push
+//! message types (through prost-build; protox parses the .proto files, so
+//! no system `protoc` is needed).
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -11,13 +11,17 @@ fn main() -> anyhow::Result<()> {
     let workspace = manifest_dir.parent().context("agent/ has no parent")?;
 
     let proto_dir = workspace.join("proto");
-    let profile_proto = proto_dir.join("profile.proto");
-    println!("cargo:rerun-if-changed={}", profile_proto.display());
-    let descriptors =
-        protox::compile([&profile_proto], [&proto_dir]).context("parsing proto/profile.proto")?;
+    let protos = [
+        proto_dir.join("profile.proto"),
+        proto_dir.join("pyroscope/push.proto"),
+    ];
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
+    let descriptors = protox::compile(&protos, [&proto_dir]).context("parsing proto/")?;
     prost_build::Config::new()
         .compile_fds(descriptors)
-        .context("generating pprof types")?;
+        .context("generating protobuf types")?;
 
     // aya-build relays every line the nested cargo prints as a warning;
     // keep that to real diagnostics.
@@ -33,5 +37,8 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )
-    .context("building the eBPF programs: run `cargo xtask setup` if the nightly toolchain, rust-src or bpf-linker is missing")
+    .context(
+        "building the eBPF programs: run `cargo xtask setup` if the nightly toolchain, \
+         rust-src or bpf-linker is missing",
+    )
 }

@@ -4,16 +4,21 @@ use std::{ffi::OsString, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{export::OutputFormat, units::ByteSize};
+use crate::{
+    config::{ConfigFlag, ConfigSources, OtlpProtocol},
+    export::OutputFormat,
+    units::ByteSize,
+};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "hearth",
     version,
     about = "eBPF CPU profiler: samples stacks on every CPU and writes flamegraphs and pprof profiles",
-    long_about = "Hearth samples the kernel and user stacks of running programs from eBPF, \
-        symbolizes them (ELF symbols, DWARF lines and inlined functions, kallsyms) and \
-        writes them as an interactive flamegraph SVG, gzipped pprof or collapsed stacks.\n\n\
+    long_about = "Hearth samples the kernel and user stacks of running programs from eBPF and \
+        symbolizes them (ELF symbols, DWARF lines and inlined functions, kallsyms). \
+        `hearth record` writes one flamegraph SVG, gzipped pprof or collapsed stacks; \
+        `hearth run` profiles continuously and exports OTLP profiles or Pyroscope pushes.\n\n\
         Needs root, or CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE to name other \
         users' code), and a kernel with BTF (/sys/kernel/btf/vmlinux)."
 )]
@@ -34,6 +39,100 @@ pub enum Command {
             sudo hearth record --pid 1234 --output cpu.pb.gz\n  \
             sudo hearth record --frequency 999 --output stacks.folded -- ./my-benchmark --fast")]
     Record(RecordArgs),
+    /// Profile the whole machine continuously and export a profile per
+    /// process (or container) every interval, over OTLP or to Pyroscope.
+    #[command(
+        after_help = "Configuration comes from --config FILE (documented example: deploy/hearth.yaml), \
+            then HEARTH_<KEY> environment variables (__ between nesting levels, e.g. \
+            HEARTH_OTLP__ENDPOINT, HEARTH_QUEUE__MAX_BYTES), then these flags; later wins.\n\n\
+            Examples:\n  \
+            sudo hearth run --otlp-endpoint http://otel-collector:4317\n  \
+            sudo hearth run --pyroscope-url http://pyroscope:4040 --metrics-listen 0.0.0.0:9464\n  \
+            sudo hearth run --config /etc/hearth/hearth.yaml --print-config"
+    )]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// YAML configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Samples per second on each CPU [key: frequency, default 19].
+    #[arg(short = 'F', long, value_name = "HZ")]
+    pub frequency: Option<String>,
+
+    /// How often profiles are built and exported [key: export_interval, default 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub export_interval: Option<String>,
+
+    /// OTLP receiver URL; turns OTLP export on [key: otlp.endpoint].
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport [key: otlp.protocol, default grpc].
+    #[arg(long, value_enum)]
+    pub otlp_protocol: Option<OtlpProtocol>,
+
+    /// Extra OTLP request header, e.g. `X-Scope-OrgID=team-a` (repeatable)
+    /// [key: otlp.headers].
+    #[arg(long = "otlp-header", value_name = "K=V")]
+    pub otlp_headers: Vec<String>,
+
+    /// Grafana Pyroscope base URL; turns the push export on [key: pyroscope.url].
+    #[arg(long, value_name = "URL")]
+    pub pyroscope_url: Option<String>,
+
+    /// Address for /metrics, /healthz and /readyz, e.g. 0.0.0.0:9464 [key: metrics.listen].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+
+    /// Directory where queued profiles survive restarts [key: spool.dir].
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<String>,
+
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl RunArgs {
+    /// The configuration sources these arguments name, environment included.
+    pub fn sources(&self) -> Result<ConfigSources, String> {
+        let mut flags = Vec::new();
+        let mut flag = |key: &str, value: &Option<String>, name: &'static str| {
+            if let Some(value) = value {
+                flags.push(ConfigFlag::new(key, value, name));
+            }
+        };
+        flag("frequency", &self.frequency, "frequency");
+        flag("export_interval", &self.export_interval, "export-interval");
+        flag("otlp.endpoint", &self.otlp_endpoint, "otlp-endpoint");
+        let protocol = self
+            .otlp_protocol
+            .map(|p| format!("{p:?}").to_ascii_lowercase());
+        flag("otlp.protocol", &protocol, "otlp-protocol");
+        flag("pyroscope.url", &self.pyroscope_url, "pyroscope-url");
+        flag("metrics.listen", &self.metrics_listen, "metrics-listen");
+        flag("spool.dir", &self.spool_dir, "spool-dir");
+        for header in &self.otlp_headers {
+            let (name, value) = header
+                .split_once('=')
+                .ok_or_else(|| format!("--otlp-header {header:?} is not NAME=VALUE"))?;
+            flags.push(ConfigFlag {
+                path: vec!["otlp".into(), "headers".into(), name.trim().into()],
+                value: yaml_serde::Value::String(value.trim().into()),
+                flag: "otlp-header",
+            });
+        }
+        Ok(ConfigSources {
+            file: self.config.clone(),
+            flags,
+            ..ConfigSources::default()
+        }
+        .with_process_env())
+    }
 }
 
 #[derive(Debug, Args)]

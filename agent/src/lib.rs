@@ -9,6 +9,7 @@
 
 pub mod aggregate;
 pub mod cli;
+pub mod config;
 pub mod export;
 pub mod pipeline;
 pub mod preflight;
@@ -16,7 +17,10 @@ pub mod probes;
 pub mod process;
 pub mod profile;
 pub mod record;
+pub mod retention;
+pub mod run;
 pub mod symbolize;
+pub mod telemetry;
 pub mod units;
 
 /// pprof's `profile.proto` messages, generated at build time from `proto/`.

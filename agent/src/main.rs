@@ -3,17 +3,25 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use hearth::{
     cli::{Cli, Command},
+    config,
     record::{self, RecordOptions, RecordReport, StopReason},
+    run,
 };
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // inferno logs "No stack counts found" for empty profiles; hearth says so itself.
+    // `run` is a daemon: its lifecycle belongs in the log by default.
+    let quiet = if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     let level = match cli.verbose {
-        0 => "warn,inferno=off",
-        1 => "info,inferno=off",
-        _ => "debug",
+        0 => format!("{quiet},inferno=off"),
+        1 => "info,inferno=off".to_owned(),
+        _ => "debug".to_owned(),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -39,6 +47,15 @@ fn main() -> ExitCode {
                 let report = record::record(options).await?;
                 print_report(&report);
                 anyhow::Ok(())
+            }
+            Command::Run(args) => {
+                let sources = args.sources().map_err(anyhow::Error::msg)?;
+                let config = config::load(&sources)?;
+                if args.print_config {
+                    print!("{}", yaml_serde::to_string(&config)?);
+                    return Ok(());
+                }
+                run::run(config).await
             }
         }
     });

@@ -11,13 +11,20 @@ use crate::{
     symbolize::{Symbolizer, SymbolizerStats},
 };
 
+/// Bounds applied at every window boundary.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowLimits {
+    pub idle_windows: u32,
+    pub symbol_cache_entries: usize,
+}
+
 pub struct CpuPipeline {
     processes: ProcessTable,
     stacks: StackTable,
     symbolizer: Symbolizer,
-    /// Samples of this tgid are dropped (the agent's own, when asked).
-    ignored_tgid: Option<u32>,
     malformed: u64,
+    /// Samples counted in windows already ended.
+    earlier_samples: u64,
 }
 
 impl CpuPipeline {
@@ -26,20 +33,14 @@ impl CpuPipeline {
             processes: ProcessTable::new(limits),
             stacks: StackTable::new(),
             symbolizer: Symbolizer::new(),
-            ignored_tgid: None,
             malformed: 0,
+            earlier_samples: 0,
         }
-    }
-
-    /// Drops every sample of `tgid` from now on.
-    pub fn ignore_tgid(&mut self, tgid: u32) {
-        self.ignored_tgid = Some(tgid);
     }
 
     /// Takes one ring-buffer record.
     pub fn ingest(&mut self, record: &[u8]) {
         match RawSample::decode(record) {
-            Ok(sample) if Some(sample.header.tgid) == self.ignored_tgid => {}
             Ok(sample) => self.stacks.add(&sample, &mut self.processes),
             Err(err) => {
                 self.malformed += 1;
@@ -48,9 +49,14 @@ impl CpuPipeline {
         }
     }
 
-    /// Samples counted so far.
+    /// Samples counted in the current window.
     pub fn samples(&self) -> u64 {
         self.stacks.samples()
+    }
+
+    /// Samples counted since the pipeline was made.
+    pub fn total_samples(&self) -> u64 {
+        self.earlier_samples + self.stacks.samples()
     }
 
     /// Records that could not be decoded (a kernel/agent version mismatch).
@@ -75,8 +81,20 @@ impl CpuPipeline {
         self.symbolizer.stats()
     }
 
-    /// Symbolizes what is needed and builds the profile of everything counted.
+    /// Symbolizes what is needed and builds the profile of everything
+    /// counted in the current window.
     pub fn profile(&mut self, meta: ProfileMeta) -> Profile {
         build_profile(&self.stacks, &self.processes, &mut self.symbolizer, meta)
+    }
+
+    /// Starts a new window (take its profile first): its stacks are
+    /// dropped, processes idle for `limits.idle_windows` windows forgotten
+    /// with their files, and the symbol cache kept within bounds.
+    pub fn end_window(&mut self, limits: &WindowLimits) {
+        self.earlier_samples += self.stacks.samples();
+        self.stacks = StackTable::new();
+        let forgotten = self.processes.end_window(limits.idle_windows);
+        self.symbolizer.forget(&forgotten);
+        self.symbolizer.bound(limits.symbol_cache_entries);
     }
 }

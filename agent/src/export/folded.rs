@@ -13,7 +13,11 @@ pub fn folded_lines(profile: &Profile) -> Vec<String> {
     let mut line = String::new();
     for sample in &profile.samples {
         line.clear();
-        push_frame(&mut line, profile.string(sample.process_name), false);
+        push_frame(
+            &mut line,
+            profile.string(profile.process(sample).name),
+            false,
+        );
         for (name, kernel) in profile.frames_root_first(sample) {
             line.push(';');
             push_frame(&mut line, name, kernel);
@@ -64,7 +68,7 @@ mod tests {
     fn same_named_processes_merge_and_separators_are_escaped() {
         let mut profile = small_profile();
         profile.samples[1] = profile.samples[0].clone();
-        profile.samples[1].pid = 99;
+        profile.samples[1].process = 1; // pid 11, also named app
         profile.strings[4] = "leaf;odd\nname".into();
         assert_eq!(folded_lines(&profile), ["app;main;work;leaf:odd name 6"]);
     }

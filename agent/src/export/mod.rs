@@ -2,7 +2,11 @@
 //! interactive flamegraph SVG. Last stage of the data's way.
 
 mod folded;
+pub mod otlp;
 mod pprof;
+pub mod pyroscope;
+pub mod resource;
+pub mod send;
 mod svg;
 
 use std::{io, path::Path};
@@ -89,7 +93,7 @@ pub fn write_profile(
 
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use crate::profile::{Function, Line, Location, Mapping, Profile, Sample};
+    use crate::profile::{Function, Line, Location, Mapping, Process, Profile, Sample};
 
     /// Two processes: `app` (pid 10) with user stack main → work → leaf
     /// (leaf inlined into work), sampled 3 times; and `app` (pid 11) entering
@@ -154,19 +158,33 @@ pub(crate) mod fixtures {
                     kernel: true,
                 },
             ],
+            processes: vec![
+                Process {
+                    pid: 10,
+                    name: 1,
+                    executable_name: 1,
+                    executable_path: 6,
+                    container: None,
+                },
+                Process {
+                    pid: 11,
+                    name: 1,
+                    executable_name: 1,
+                    executable_path: 6,
+                    container: None,
+                },
+            ],
             samples: vec![
                 Sample {
                     locations: vec![1, 0],
                     count: 3,
-                    pid: 10,
-                    process_name: 1,
+                    process: 0,
                     thread_name: 10,
                 },
                 Sample {
                     locations: vec![2, 0],
                     count: 1,
-                    pid: 11,
-                    process_name: 1,
+                    process: 1,
                     thread_name: 1,
                 },
             ],

@@ -93,26 +93,29 @@ pub fn encode_pprof(profile: &Profile) -> pb::Profile {
         sample: profile
             .samples
             .iter()
-            .map(|s| pb::Sample {
-                location_id: s.locations.iter().map(|&l| u64::from(l) + 1).collect(),
-                value: vec![s.count as i64 * period],
-                label: vec![
-                    pb::Label {
-                        key: extra.pid,
-                        num: i64::from(s.pid),
-                        ..Default::default()
-                    },
-                    pb::Label {
-                        key: extra.thread_name,
-                        str: i64::from(s.thread_name),
-                        ..Default::default()
-                    },
-                    pb::Label {
-                        key: extra.process_name,
-                        str: i64::from(s.process_name),
-                        ..Default::default()
-                    },
-                ],
+            .map(|s| {
+                let process = profile.process(s);
+                pb::Sample {
+                    location_id: s.locations.iter().map(|&l| u64::from(l) + 1).collect(),
+                    value: vec![s.count as i64 * period],
+                    label: vec![
+                        pb::Label {
+                            key: extra.pid,
+                            num: i64::from(process.pid),
+                            ..Default::default()
+                        },
+                        pb::Label {
+                            key: extra.thread_name,
+                            str: i64::from(s.thread_name),
+                            ..Default::default()
+                        },
+                        pb::Label {
+                            key: extra.process_name,
+                            str: i64::from(process.name),
+                            ..Default::default()
+                        },
+                    ],
+                }
             })
             .collect(),
         string_table,

@@ -20,6 +20,8 @@ use aya::{
 };
 use hearth_common::{Counter, SamplerConfig};
 
+use crate::units::ByteSize;
+
 pub use ring::SampleRing;
 pub use sample::{RawSample, SampleDecodeError, comm_to_str, encode as encode_sample};
 
@@ -85,6 +87,36 @@ pub enum ProbeError {
     Ring(#[source] std::io::Error),
 }
 
+/// Checks a ring-buffer size: a power of two from one page to 1GiB.
+/// Returns the size in bytes, or what is wrong with it.
+pub fn check_ring_buffer_size(size: ByteSize) -> Result<u32, String> {
+    // SAFETY: sysconf has no preconditions.
+    let page =
+        ByteSize(u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096));
+    if size.0.is_power_of_two() && size >= page && size <= ByteSize(1 << 30) {
+        Ok(size.0 as u32)
+    } else {
+        Err(format!(
+            "must be a power of two from one page ({page}) to 1GiB, not {size}"
+        ))
+    }
+}
+
+/// Checks a sampling rate against the kernel's ceiling
+/// (`kernel.perf_event_max_sample_rate`).
+pub fn check_frequency(frequency_hz: u64) -> Result<(), String> {
+    let max = std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    match max {
+        Some(max) if frequency_hz > max => Err(format!(
+            "{frequency_hz} Hz is above this kernel's limit of {max} Hz \
+             (sysctl kernel.perf_event_max_sample_rate); choose a lower rate"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Totals of the kernel-side counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -112,6 +144,8 @@ impl KernelCounters {
 
 /// The loaded CPU sampler. Sampling runs between [`start`](Self::start) and
 /// [`stop`](Self::stop); dropping it unloads everything from the kernel.
+/// The agent's own process is never sampled: symbolizing itself would cost
+/// more than it shows, and its CPU and memory are in its metrics.
 pub struct CpuSampler {
     ebpf: Ebpf,
     settings: SamplerSettings,
@@ -126,7 +160,8 @@ impl CpuSampler {
             task,
             filter_tgids: u8::from(settings.filter_processes),
             skip_kernel_stack: u8::from(!settings.kernel_stacks),
-            _pad: [0; 6],
+            _pad: [0; 2],
+            ignored_tgid: std::process::id(),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("SAMPLER_CONFIG", &config, true)
@@ -150,6 +185,10 @@ impl CpuSampler {
                     source,
                 })?;
         }
+        // Loading parsed the kernel's BTF (aya does, for relocations) and
+        // freed it; give those pages back rather than keep them resident.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
         Ok(Self {
             ebpf,
             settings: settings.clone(),

@@ -3,6 +3,7 @@
 //! image is seen and refreshed when an address falls outside every known
 //! mapping (a `dlopen` since).
 
+mod container;
 mod objects;
 
 use std::{
@@ -13,6 +14,7 @@ use std::{
 use procfs::process::{MMPermissions, MMapPath, Process};
 use rustc_hash::FxHashMap;
 
+pub use container::{ContainerRef, container_from_cgroup};
 pub use objects::{ObjectId, ObjectInfo, ObjectTable};
 
 /// One process image: a PID reused by a new process, or a process that
@@ -25,7 +27,7 @@ pub struct ProcessKey {
     pub start_ns: u64,
 }
 
-/// Index of a process in its [`ProcessTable`].
+/// A process in its [`ProcessTable`]; never reused for another process.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ProcessId(pub u32);
 
@@ -79,14 +81,25 @@ pub struct ProcessInfo {
     /// Main thread's name, or the sampled thread's if the process was gone.
     pub name: String,
     pub exe: Option<PathBuf>,
+    pub container: Option<ContainerRef>,
     /// False when procfs no longer described this process image when it was
     /// first seen (it exited, or its PID was reused).
     pub seen_alive: bool,
     mappings: Vec<Mapping>,
     last_maps_read: Option<Instant>,
+    /// The last window in which one of its stacks was new.
+    last_seen_window: u64,
 }
 
 impl ProcessInfo {
+    /// The executable's file name, else the process name.
+    pub fn executable_name(&self) -> String {
+        self.exe
+            .as_deref()
+            .and_then(|exe| exe.file_name())
+            .map_or_else(|| self.name.clone(), |n| n.to_string_lossy().into_owned())
+    }
+
     fn find(&self, address: u64) -> Option<Mapping> {
         let index = self.mappings.partition_point(|m| m.start <= address);
         let mapping = *self.mappings.get(index.checked_sub(1)?)?;
@@ -95,26 +108,32 @@ impl ProcessInfo {
 }
 
 pub struct ProcessTable {
-    processes: Vec<ProcessInfo>,
+    processes: FxHashMap<ProcessId, ProcessInfo>,
     by_key: FxHashMap<ProcessKey, ProcessId>,
     objects: ObjectTable,
     limits: ProcessLimits,
     nanos_per_tick: u64,
+    next_id: u32,
+    window: u64,
 }
 
 impl ProcessTable {
     pub fn new(limits: ProcessLimits) -> Self {
         Self {
-            processes: Vec::new(),
+            processes: FxHashMap::default(),
             by_key: FxHashMap::default(),
             objects: ObjectTable::new(limits.max_open_objects),
             limits,
             nanos_per_tick: 1_000_000_000 / procfs::ticks_per_second().max(1),
+            next_id: 0,
+            window: 0,
         }
     }
 
+    /// The process `id`, which must still be in the table (ids in the
+    /// current window's stacks always are).
     pub fn get(&self, id: ProcessId) -> &ProcessInfo {
-        &self.processes[id.0 as usize]
+        &self.processes[&id]
     }
 
     pub fn objects(&self) -> &ObjectTable {
@@ -129,20 +148,27 @@ impl ProcessTable {
         self.processes.is_empty()
     }
 
-    /// The process for `key`, reading its metadata on first sight.
-    /// `thread_name` names it if procfs no longer has it.
+    /// The process for `key`, reading its metadata on first sight, and
+    /// marking it seen in the current window. `thread_name` names it if
+    /// procfs no longer has it.
     pub fn observe(&mut self, key: ProcessKey, thread_name: &str) -> ProcessId {
         if let Some(&id) = self.by_key.get(&key) {
+            if let Some(info) = self.processes.get_mut(&id) {
+                info.last_seen_window = self.window;
+            }
             return id;
         }
-        let id = ProcessId(self.processes.len() as u32);
+        let id = ProcessId(self.next_id);
+        self.next_id += 1;
         let mut info = ProcessInfo {
             key,
             name: thread_name.to_owned(),
             exe: None,
+            container: None,
             seen_alive: false,
             mappings: Vec::new(),
             last_maps_read: None,
+            last_seen_window: self.window,
         };
         if let Some(process) = live_process(key, self.nanos_per_tick) {
             info.seen_alive = true;
@@ -150,17 +176,43 @@ impl ProcessTable {
                 info.name = stat.comm;
             }
             info.exe = process.exe().ok();
+            info.container = std::fs::read_to_string(format!("/proc/{}/cgroup", key.tgid))
+                .ok()
+                .and_then(|text| container_from_cgroup(&text));
             read_maps(&mut self.objects, &process, &mut info);
         }
-        self.processes.push(info);
+        self.processes.insert(id, info);
         self.by_key.insert(key, id);
         id
+    }
+
+    /// Ends a window: forgets processes not seen for `idle_windows` windows
+    /// and closes the files only they used. Returns the forgotten objects'
+    /// read paths, for the symbolizer to drop what it cached for them.
+    pub fn end_window(&mut self, idle_windows: u32) -> Vec<(ObjectId, Option<PathBuf>)> {
+        let oldest_kept = self.window.saturating_sub(u64::from(idle_windows) - 1);
+        self.window += 1;
+        let before = self.processes.len();
+        self.processes
+            .retain(|_, info| info.last_seen_window >= oldest_kept);
+        if self.processes.len() == before {
+            return Vec::new();
+        }
+        let processes = &self.processes;
+        self.by_key.retain(|_, id| processes.contains_key(id));
+        let used: rustc_hash::FxHashSet<ObjectId> = processes
+            .values()
+            .flat_map(|p| p.mappings.iter().map(|m| m.object))
+            .collect();
+        self.objects.retain(|id| used.contains(&id))
     }
 
     /// Where `address` of process `id` points; re-reads the process's
     /// mappings (at most once per refresh interval) when nothing matches.
     pub fn resolve(&mut self, id: ProcessId, address: u64) -> UserFrame {
-        let info = &mut self.processes[id.0 as usize];
+        let Some(info) = self.processes.get_mut(&id) else {
+            return UserFrame::Unmapped { address };
+        };
         if let Some(mapping) = info.find(address) {
             return UserFrame::Mapped { address, mapping };
         }
@@ -265,6 +317,42 @@ mod tests {
             table.resolve(id, 0x1234),
             UserFrame::Unmapped { address: 0x1234 }
         );
+    }
+
+    #[test]
+    fn idle_processes_and_their_files_are_forgotten() {
+        let mut table = ProcessTable::new(ProcessLimits::default());
+        let key = own_key(&table);
+        let id = table.observe(key, "me");
+        let objects = table.objects().len();
+        assert!(objects > 0);
+        // Seen in window 0, then idle through windows 1 and 2: with
+        // idle_windows = 2 it goes when window 2 ends.
+        assert!(table.end_window(2).is_empty());
+        assert!(table.end_window(2).is_empty());
+        assert_eq!(table.len(), 1);
+        let forgotten = table.end_window(2);
+        assert_eq!(table.len(), 0);
+        assert_eq!(
+            forgotten.len(),
+            objects,
+            "every object only this process used"
+        );
+        assert!(table.objects().is_empty());
+        // Seen again: a new id, read afresh.
+        assert_ne!(table.observe(key, "me"), id);
+        assert_eq!(table.objects().len(), objects);
+    }
+
+    #[test]
+    fn a_process_seen_each_window_is_kept() {
+        let mut table = ProcessTable::new(ProcessLimits::default());
+        let key = own_key(&table);
+        let id = table.observe(key, "me");
+        for _ in 0..5 {
+            table.end_window(1);
+            assert_eq!(table.observe(key, "me"), id);
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{
 
 use rustc_hash::FxHashMap;
 
-/// Index of an object in its [`ObjectTable`].
+/// An object in its [`ObjectTable`]; never reused for another file.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ObjectId(pub u32);
 
@@ -78,24 +78,50 @@ impl ObjectInfo {
 }
 
 pub struct ObjectTable {
-    objects: Vec<ObjectInfo>,
+    objects: FxHashMap<ObjectId, (Identity, ObjectInfo)>,
     by_identity: FxHashMap<Identity, ObjectId>,
     open_files: usize,
     max_open_files: usize,
+    next_id: u32,
 }
 
 impl ObjectTable {
     pub fn new(max_open_files: usize) -> Self {
         Self {
-            objects: Vec::new(),
+            objects: FxHashMap::default(),
             by_identity: FxHashMap::default(),
             open_files: 0,
             max_open_files,
+            next_id: 0,
         }
     }
 
+    /// The object `id`, which must still be in the table (ids in live
+    /// processes' mappings always are).
     pub fn get(&self, id: ObjectId) -> &ObjectInfo {
-        &self.objects[id.0 as usize]
+        &self.objects[&id].1
+    }
+
+    /// Keeps the objects `keep` says yes to; returns the others' ids and
+    /// the paths they were read through, after closing them.
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(ObjectId) -> bool,
+    ) -> Vec<(ObjectId, Option<PathBuf>)> {
+        let gone: Vec<ObjectId> = self
+            .objects
+            .keys()
+            .copied()
+            .filter(|&id| !keep(id))
+            .collect();
+        gone.into_iter()
+            .filter_map(|id| {
+                let (identity, info) = self.objects.remove(&id)?;
+                self.by_identity.remove(&identity);
+                self.open_files -= usize::from(info.file.is_some());
+                Some((id, info.readable_path()))
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -176,9 +202,10 @@ impl ObjectTable {
     }
 
     fn insert(&mut self, identity: Identity, info: ObjectInfo) -> ObjectId {
-        let id = ObjectId(self.objects.len() as u32);
-        self.objects.push(info);
-        self.by_identity.insert(identity, id);
+        let id = ObjectId(self.next_id);
+        self.next_id += 1;
+        self.by_identity.insert(identity.clone(), id);
+        self.objects.insert(id, (identity, info));
         id
     }
 }

@@ -2,7 +2,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::{Function, Line, Location, Mapping, Profile, Sample, StringId};
+use super::{Function, Line, Location, Mapping, Process, Profile, Sample, StringId};
 use crate::{
     aggregate::StackTable,
     process::{ProcessId, ProcessTable, UserFrame},
@@ -51,10 +51,10 @@ pub fn build_profile(
         functions: FxHashMap::default(),
         mappings: FxHashMap::default(),
         locations: FxHashMap::default(),
+        processes: FxHashMap::default(),
         kernel_mapping: None,
     };
     for stack in counted() {
-        let info = processes.get(stack.process);
         let mut locations = Vec::with_capacity(stack.kernel.len() + stack.user.len());
         for &address in stack.kernel.iter() {
             locations.push(builder.kernel_location(address, symbolizer.kernel(address)));
@@ -62,13 +62,12 @@ pub fn build_profile(
         for frame in stack.user.iter() {
             locations.push(builder.user_location(stack.process, frame, processes, symbolizer));
         }
-        let process_name = builder.string(&info.name);
+        let process = builder.process(stack.process, processes);
         let thread_name = builder.string(stacks.thread_name(stack.thread));
         builder.profile.samples.push(Sample {
             locations,
             count: stack.count,
-            pid: info.key.tgid,
-            process_name,
+            process,
             thread_name,
         });
     }
@@ -87,6 +86,7 @@ struct Builder {
     functions: FxHashMap<(StringId, StringId), u32>,
     mappings: FxHashMap<(ProcessId, u64), u32>,
     locations: FxHashMap<LocationKey, u32>,
+    processes: FxHashMap<ProcessId, u32>,
     kernel_mapping: Option<u32>,
 }
 
@@ -102,6 +102,27 @@ impl Builder {
         self.profile.strings.push(text.to_owned());
         self.strings.insert(text.to_owned(), id);
         id
+    }
+
+    fn process(&mut self, id: ProcessId, processes: &ProcessTable) -> u32 {
+        if let Some(&index) = self.processes.get(&id) {
+            return index;
+        }
+        let info = processes.get(id);
+        let process = Process {
+            pid: info.key.tgid,
+            name: self.string(&info.name),
+            executable_name: self.string(&info.executable_name()),
+            executable_path: info
+                .exe
+                .as_ref()
+                .map_or(0, |p| self.string(&p.to_string_lossy())),
+            container: info.container.clone(),
+        };
+        let index = self.profile.processes.len() as u32;
+        self.profile.processes.push(process);
+        self.processes.insert(id, index);
+        index
     }
 
     fn function(&mut self, frame: &Frame) -> u32 {

@@ -3,8 +3,11 @@
 //! Built from the unique stacks of a [`StackTable`]; every exporter reads it.
 
 mod builder;
+mod subset;
 
 pub use builder::{ProfileMeta, build_profile};
+
+use crate::process::ContainerRef;
 
 /// Index into [`Profile::strings`]; 0 is always the empty string.
 pub type StringId = u32;
@@ -43,13 +46,25 @@ pub struct Location {
     pub kernel: bool,
 }
 
+/// A process that has samples in the profile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    /// Main thread's name.
+    pub name: StringId,
+    pub executable_name: StringId,
+    /// 0 when unknown (the process was gone before it could be read).
+    pub executable_path: StringId,
+    pub container: Option<ContainerRef>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sample {
     /// Indexes into [`Profile::locations`], leaf first.
     pub locations: Vec<u32>,
     pub count: u64,
-    pub pid: u32,
-    pub process_name: StringId,
+    /// Index into [`Profile::processes`].
+    pub process: u32,
     pub thread_name: StringId,
 }
 
@@ -64,12 +79,17 @@ pub struct Profile {
     pub functions: Vec<Function>,
     pub mappings: Vec<Mapping>,
     pub locations: Vec<Location>,
+    pub processes: Vec<Process>,
     pub samples: Vec<Sample>,
 }
 
 impl Profile {
     pub fn string(&self, id: StringId) -> &str {
         &self.strings[id as usize]
+    }
+
+    pub fn process(&self, sample: &Sample) -> &Process {
+        &self.processes[sample.process as usize]
     }
 
     pub fn total_samples(&self) -> u64 {

@@ -23,7 +23,7 @@ use crate::{
     export::{self, OutputFormat, SvgOptions},
     pipeline::CpuPipeline,
     preflight,
-    probes::{CpuSampler, KernelCounters, SamplerSettings},
+    probes::{CpuSampler, KernelCounters, SamplerSettings, check_frequency},
     profile::ProfileMeta,
 };
 use progress::Progress;
@@ -53,15 +53,6 @@ pub struct RecordReport {
     pub kernel: KernelCounters,
 }
 
-/// The kernel's ceiling on perf sampling rates.
-fn max_sample_rate() -> Option<u64> {
-    std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
     // Everything that can be wrong with the request is checked before the
     // kernel is touched, so nothing is ever collected only to be lost.
@@ -70,14 +61,8 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         targets::check_running(pid)?;
     }
     preflight::check_privileges()?;
-    if let Some(max) = max_sample_rate()
-        && options.frequency_hz > max
-    {
-        bail!(
-            "--frequency {} is above this kernel's limit of {max} Hz \
-             (sysctl kernel.perf_event_max_sample_rate); choose a lower rate",
-            options.frequency_hz
-        );
+    if let Err(problem) = check_frequency(options.frequency_hz) {
+        bail!("--frequency {problem}");
     }
     preflight::raise_resource_limits();
 
@@ -101,7 +86,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
     let mut child = if options.command.is_empty() {
         None
     } else {
-        Some(spawn_traced(&mut sampler, &mut pipeline, &options)?)
+        Some(spawn_traced(&mut sampler, &options)?)
     };
 
     let progress = Progress::start();
@@ -213,15 +198,13 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
 
 /// Starts the command so that it is traced from its first instruction: the
 /// agent traces itself while forking, so the kernel adds the child to the
-/// filter at fork time, and stops tracing itself (and drops its own
-/// samples) right after.
+/// filter at fork time, and stops tracing itself right after (its own
+/// samples are never taken).
 fn spawn_traced(
     sampler: &mut CpuSampler,
-    pipeline: &mut CpuPipeline,
     options: &RecordOptions,
 ) -> anyhow::Result<tokio::process::Child> {
     let own = std::process::id();
-    pipeline.ignore_tgid(own);
     sampler.trace_process(own)?;
     let child = targets::spawn(&options.command);
     sampler.untrace_process(own)?;

@@ -5,8 +5,8 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use crate::{
     cli::RecordArgs,
     export::{OutputFormat, UnknownFormat},
+    probes::check_ring_buffer_size,
     process::ProcessLimits,
-    units::ByteSize,
 };
 
 /// Default recording time when no command bounds it.
@@ -33,8 +33,8 @@ pub enum OptionsError {
     Format(#[from] UnknownFormat),
     #[error("--duration must be longer than zero")]
     ZeroDuration,
-    #[error("--ring-buffer-size must be a power of two from one page ({page}) to 1GiB, not {size}")]
-    RingBuffer { size: ByteSize, page: ByteSize },
+    #[error("--ring-buffer-size {0}")]
+    RingBuffer(String),
     #[error("--pid 0 is not a process; give the PID of a running process")]
     PidZero,
     #[error("--{0} must be at least 1")]
@@ -65,11 +65,8 @@ impl TryFrom<RecordArgs> for RecordOptions {
                 )
             }
         };
-        let ring = args.ring_buffer_size;
-        let page = ByteSize(page_size());
-        if !ring.0.is_power_of_two() || ring < page || ring > ByteSize(1 << 30) {
-            return Err(OptionsError::RingBuffer { size: ring, page });
-        }
+        let ring_buffer_bytes =
+            check_ring_buffer_size(args.ring_buffer_size).map_err(OptionsError::RingBuffer)?;
         if args.pids.contains(&0) {
             return Err(OptionsError::PidZero);
         }
@@ -84,7 +81,7 @@ impl TryFrom<RecordArgs> for RecordOptions {
             output,
             format,
             kernel_stacks: !args.no_kernel,
-            ring_buffer_bytes: ring.0 as u32,
+            ring_buffer_bytes,
             max_traced_processes: args.max_traced_processes,
             process_limits: ProcessLimits {
                 max_open_objects: args.max_open_objects,
@@ -92,12 +89,6 @@ impl TryFrom<RecordArgs> for RecordOptions {
             },
         })
     }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).unwrap_or(4096)
 }
 
 impl RecordOptions {
@@ -117,7 +108,9 @@ mod tests {
     fn parse(args: &[&str]) -> Result<RecordOptions, String> {
         let cli = Cli::try_parse_from(["hearth", "record"].iter().chain(args))
             .map_err(|e| e.to_string())?;
-        let Command::Record(args) = cli.command;
+        let Command::Record(args) = cli.command else {
+            unreachable!("parsed `hearth record`")
+        };
         RecordOptions::try_from(args).map_err(|e| e.to_string())
     }
 

@@ -6,7 +6,7 @@
 //! symbolized once however many stacks and processes share it. Addresses
 //! that cannot be named keep a frame: `module+0xoffset`, or `[unknown]`.
 
-use std::{collections::hash_map::Entry, sync::Arc};
+use std::{collections::hash_map::Entry, path::PathBuf, sync::Arc};
 
 use blazesym::symbolize::{
     self as blaze, Input, Symbolized,
@@ -53,13 +53,17 @@ impl Default for Symbolizer {
     }
 }
 
+fn new_blaze() -> blaze::Symbolizer {
+    blaze::Symbolizer::builder()
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        .enable_demangling(true)
+        .build()
+}
+
 impl Symbolizer {
     pub fn new() -> Self {
-        let blaze = blaze::Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            .enable_demangling(true)
-            .build();
+        let blaze = new_blaze();
         let mut strings = FxHashSet::default();
         let unknown = Box::new([Frame {
             function: intern(&mut strings, "[unknown]"),
@@ -78,6 +82,37 @@ impl Symbolizer {
 
     pub fn stats(&self) -> SymbolizerStats {
         self.stats
+    }
+
+    /// Addresses cached.
+    pub fn cached(&self) -> usize {
+        self.user.len() + self.kernel.len()
+    }
+
+    /// Drops what was cached for objects that are no longer tracked,
+    /// including blazesym's parsed copy of each (its read path, a
+    /// `/proc/self/fd/N`, may name another file once the fd is reused).
+    pub fn forget(&mut self, gone: &[(ObjectId, Option<PathBuf>)]) {
+        if gone.is_empty() {
+            return;
+        }
+        let ids: FxHashSet<ObjectId> = gone.iter().map(|(id, _)| *id).collect();
+        self.user.retain(|(object, _), _| !ids.contains(object));
+        for path in gone.iter().filter_map(|(_, path)| path.as_ref()) {
+            let _ = self.blaze.evict(&blaze::evict::Elf::new(path).into());
+        }
+    }
+
+    /// Empties every cache once more than `max_entries` addresses are
+    /// cached, so memory stays bounded however many programs run.
+    pub fn bound(&mut self, max_entries: usize) {
+        if self.cached() > max_entries {
+            tracing::info!(entries = self.cached(), "symbol cache full; emptying it");
+            self.user.clear();
+            self.kernel.clear();
+            self.strings.retain(|s| Arc::strong_count(s) > 1);
+            self.blaze = new_blaze();
+        }
     }
 
     /// Symbolizes every (object, file offset) pair not cached yet, one batch per object.

@@ -74,7 +74,9 @@ pub struct SamplerConfig {
     pub filter_tgids: u8,
     /// Non-zero: do not collect kernel stacks.
     pub skip_kernel_stack: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Never sampled: the agent's own process (its cost is in its metrics).
+    pub ignored_tgid: u32,
 }
 const _: () = assert!(core::mem::size_of::<SamplerConfig>() == 32);
 

@@ -32,7 +32,8 @@ static SAMPLER_CONFIG: Global<SamplerConfig> = Global::new(SamplerConfig {
     task: NO_OFFSETS,
     filter_tgids: 0,
     skip_kernel_stack: 0,
-    _pad: [0; 6],
+    _pad: [0; 2],
+    ignored_tgid: 0,
 });
 
 /// Byte size is set by the agent (`ring_buffer_bytes`).
@@ -75,7 +76,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
         return; // the idle task: nothing to attribute
     }
     let config = SAMPLER_CONFIG.load();
-    if config.filter_tgids != 0 && !is_traced(tgid) {
+    if tgid == config.ignored_tgid || (config.filter_tgids != 0 && !is_traced(tgid)) {
         return;
     }
     let Some(mut entry) = CPU_SAMPLES.reserve::<CpuSample>(0) else {

@@ -1,0 +1,301 @@
+//! The configuration's shape and defaults. Field comments are the
+//! reference; `deploy/hearth.yaml` shows each one in place.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize};
+use url::Url;
+
+use crate::units::ByteSize;
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Samples per second on each CPU.
+    pub frequency: u64,
+    /// How often one profile per process (or container) is built and exported.
+    #[serde(with = "duration")]
+    pub export_interval: Duration,
+    /// On SIGTERM/SIGINT, how long to keep trying to export what is queued,
+    /// including the last, partial window.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Collect kernel stacks as well as user stacks.
+    pub kernel_stacks: bool,
+    pub limits: Limits,
+    /// OTLP profiles export; off when absent.
+    pub otlp: Option<OtlpConfig>,
+    /// Grafana Pyroscope push export; off when absent.
+    pub pyroscope: Option<PyroscopeConfig>,
+    pub queue: QueueConfig,
+    pub spool: SpoolConfig,
+    pub history: HistoryConfig,
+    pub metrics: MetricsConfig,
+    pub service_name: ServiceNameConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            frequency: 19,
+            export_interval: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
+            kernel_stacks: true,
+            limits: Limits::default(),
+            otlp: None,
+            pyroscope: None,
+            queue: QueueConfig::default(),
+            spool: SpoolConfig::default(),
+            history: HistoryConfig::default(),
+            metrics: MetricsConfig::default(),
+            service_name: ServiceNameConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sample ring buffer shared by all CPUs (power of two, at least a page).
+    pub ring_buffer_size: ByteSize,
+    /// Most executable files held open for symbolization.
+    pub max_open_objects: usize,
+    /// Most symbolized addresses cached; the cache is emptied when full.
+    pub symbol_cache_entries: usize,
+    /// A process not sampled for this many export intervals is forgotten
+    /// (its metadata and open files released).
+    pub process_idle_windows: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            ring_buffer_size: ByteSize(4 << 20),
+            max_open_objects: 1024,
+            symbol_cache_entries: 200_000,
+            process_idle_windows: 6,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (`ProfilesService/Export`), usually port 4317.
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (`POST /v1development/profiles`), usually port 4318.
+    Http,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    None,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// `http://` or `https://` URL of the receiver (for HTTP, the base URL;
+    /// `/v1development/profiles` is appended).
+    pub endpoint: Url,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Extra request headers, e.g. a tenant id or an authorization token.
+    /// From the environment: `HEARTH_OTLP__HEADERS="k1=v1,k2=v2"`.
+    #[serde(default, deserialize_with = "headers")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Per-request deadline.
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// PEM file of a CA to trust for `https://` endpoints, besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PyroscopeConfig {
+    /// Base URL of Pyroscope (e.g. `http://pyroscope:4040`); profiles are
+    /// pushed to `/push.v1.PusherService/Push`.
+    pub url: Url,
+    /// Extra request headers, e.g. `X-Scope-OrgID` for a tenant.
+    #[serde(default, deserialize_with = "headers")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// PEM file of a CA to trust for `https://` URLs, besides the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// What each exporter holds while its backend is away. Bounds apply per
+/// exporter; when one is hit the oldest profiles are dropped and counted.
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub max_bytes: ByteSize,
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+    /// First wait after a failed export; doubles (with jitter) up to `max_backoff`.
+    #[serde(with = "duration")]
+    pub initial_backoff: Duration,
+    #[serde(with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize(64 << 20),
+            max_age: Duration::from_secs(3600),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A directory where queued profiles also go, so they survive a restart of
+/// the agent and are sent when the backend returns. Off when `dir` is absent.
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    pub dir: Option<PathBuf>,
+    /// Per exporter; the oldest spooled profiles are deleted (and counted) beyond it.
+    pub max_bytes: ByteSize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_bytes: ByteSize(256 << 20),
+        }
+    }
+}
+
+/// Recent profiles kept in memory for on-call queries.
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    pub max_bytes: ByteSize,
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize(16 << 20),
+            max_age: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address for `/metrics` (Prometheus text), `/healthz` and `/readyz`;
+    /// off when absent.
+    pub listen: Option<SocketAddr>,
+}
+
+/// How `service.name` is chosen for a process: the first rule whose
+/// patterns all match, else the container name when known, else the
+/// executable name.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceNameConfig {
+    pub rules: Vec<ServiceNameRule>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNameRule {
+    /// Regular expression on the executable's file name.
+    #[serde(default)]
+    pub executable: Option<String>,
+    /// Regular expression on the executable's full path.
+    #[serde(default)]
+    pub executable_path: Option<String>,
+    /// Regular expression on the container id.
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// The service name to give.
+    pub service: String,
+}
+
+/// Durations as people write them, with an error that shows how.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|err| {
+            D::Error::custom(format!(
+                "{text:?} is not a duration ({err}); write e.g. 500ms, 10s, 5m or 1h"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*duration))
+    }
+}
+
+/// Headers as a map, or as `k=v,k=v` text (how an environment variable gives them).
+fn headers<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Headers {
+        Map(BTreeMap<String, String>),
+        Text(String),
+    }
+    match Headers::deserialize(deserializer)? {
+        Headers::Map(map) => Ok(map),
+        Headers::Text(text) => text
+            .split(',')
+            .filter(|pair| !pair.trim().is_empty())
+            .map(|pair| {
+                let (key, value) = pair.split_once('=').ok_or_else(|| {
+                    serde::de::Error::custom(format!("header {pair:?} is not key=value"))
+                })?;
+                Ok((key.trim().to_owned(), value.trim().to_owned()))
+            })
+            .collect(),
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bytes(bytes) => Ok(ByteSize(bytes)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}

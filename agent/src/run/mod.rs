@@ -1,0 +1,250 @@
+//! `hearth run`: the always-on agent. It samples every CPU at a low rate,
+//! and every export interval builds one profile per process (per container
+//! when known), queues it for each configured backend (OTLP, Pyroscope)
+//! within bounded retention, and keeps it in a local history. SIGTERM or
+//! SIGINT stops sampling, exports the last partial window within a
+//! deadline, and exits 0.
+
+mod delivery;
+mod window;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    config::Config,
+    export::{otlp::OtlpClient, pyroscope::PyroscopeClient, resource::ResourceNamer},
+    pipeline::{CpuPipeline, WindowLimits},
+    preflight,
+    probes::{CpuSampler, SamplerSettings, check_frequency},
+    process::ProcessLimits,
+    retention::{ExportQueue, History, QueueLimits, Spool},
+    telemetry::{self, Telemetry, advance_to},
+};
+use delivery::{Backend, Backoff, Outbox, deliver};
+use window::{Format, WindowContext, WindowStart};
+
+struct Exporter {
+    format: Format,
+    outbox: Outbox,
+    task: JoinHandle<()>,
+}
+
+fn start_exporter(
+    name: &'static str,
+    format: Format,
+    backend: Backend,
+    config: &Config,
+    telemetry: &Arc<Telemetry>,
+    closing: &watch::Receiver<bool>,
+) -> anyhow::Result<Exporter> {
+    let spool = match &config.spool.dir {
+        Some(dir) => Some(Spool::open(&dir.join(name), config.spool.max_bytes.0)?),
+        None => None,
+    };
+    let limits = QueueLimits {
+        max_bytes: config.queue.max_bytes.0,
+        max_age: config.queue.max_age,
+    };
+    let (queue, dropped) = ExportQueue::new(limits, spool, SystemTime::now());
+    telemetry.record_dropped(name, dropped);
+    let outbox = Outbox {
+        name,
+        queue: Arc::new(Mutex::new(queue)),
+        wake: Arc::new(Notify::new()),
+    };
+    let backoff = Backoff {
+        initial: config.queue.initial_backoff,
+        max: config.queue.max_backoff,
+    };
+    let task = tokio::spawn(deliver(
+        outbox.clone(),
+        backend,
+        backoff,
+        telemetry.clone(),
+        closing.clone(),
+    ));
+    Ok(Exporter {
+        format,
+        outbox,
+        task,
+    })
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    preflight::check_privileges()?;
+    if let Err(problem) = check_frequency(config.frequency) {
+        bail!("config key `frequency`: {problem}");
+    }
+    preflight::raise_resource_limits();
+    let telemetry = Telemetry::new();
+
+    // The metrics endpoint first: a bad address fails before anything else.
+    let metrics_server = match config.metrics.listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on metrics.listen {address}; is another process using it?"
+                    )
+                })?;
+            tracing::info!(%address, "serving /metrics, /healthz and /readyz");
+            Some(tokio::spawn(telemetry::serve(listener, telemetry.clone())))
+        }
+        None => None,
+    };
+
+    let (closing_tx, closing) = watch::channel(false);
+    let mut exporters = Vec::new();
+    if let Some(otlp) = &config.otlp {
+        let client = OtlpClient::new(otlp).context("setting up the OTLP exporter")?;
+        exporters.push(start_exporter(
+            "otlp",
+            Format::Otlp,
+            Backend::Otlp(client),
+            &config,
+            &telemetry,
+            &closing,
+        )?);
+        tracing::info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, "exporting OTLP profiles");
+    }
+    if let Some(pyroscope) = &config.pyroscope {
+        let client =
+            PyroscopeClient::new(pyroscope).context("setting up the Pyroscope exporter")?;
+        exporters.push(start_exporter(
+            "pyroscope",
+            Format::Pyroscope,
+            Backend::Pyroscope(client),
+            &config,
+            &telemetry,
+            &closing,
+        )?);
+        tracing::info!(url = %pyroscope.url, "pushing profiles to Pyroscope");
+    }
+    if exporters.is_empty() {
+        tracing::warn!(
+            "no exporter configured (otlp.endpoint, pyroscope.url): profiles are only kept in the local history"
+        );
+    }
+    let outboxes: Vec<(Format, Outbox)> = exporters
+        .iter()
+        .map(|e| (e.format, e.outbox.clone()))
+        .collect();
+
+    let mut sampler = CpuSampler::load(&SamplerSettings {
+        frequency_hz: config.frequency,
+        kernel_stacks: config.kernel_stacks,
+        filter_processes: false,
+        ring_buffer_bytes: config.limits.ring_buffer_size.0 as u32,
+        filter_capacity: 1,
+    })
+    .context("loading the CPU sampler")?;
+    let mut ring = sampler.take_ring()?;
+    let mut pipeline = CpuPipeline::new(ProcessLimits {
+        max_open_objects: config.limits.max_open_objects,
+        ..ProcessLimits::default()
+    });
+    let namer = ResourceNamer::new(&config.service_name, ResourceNamer::system_host_name());
+    let mut history = History::new(config.history.max_bytes.0, config.history.max_age);
+    let limits = WindowLimits {
+        idle_windows: config.limits.process_idle_windows,
+        symbol_cache_entries: config.limits.symbol_cache_entries,
+    };
+    let period_ns = 1_000_000_000 / config.frequency;
+
+    sampler.start().context("starting the CPU sampler")?;
+    telemetry.set_ready(true);
+    tracing::info!(frequency = config.frequency, interval = ?config.export_interval, "profiling");
+
+    let mut window_start = WindowStart::now();
+    let mut export_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.export_interval,
+        config.export_interval,
+    );
+    export_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh_tick = tokio::time::interval(telemetry::REFRESH_INTERVAL);
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    macro_rules! finish_window {
+        () => {
+            window::finish(
+                WindowContext {
+                    pipeline: &mut pipeline,
+                    namer: &namer,
+                    outboxes: &outboxes,
+                    history: &mut history,
+                    telemetry: &telemetry,
+                    period_ns,
+                    limits,
+                },
+                window_start,
+            )
+        };
+    }
+    loop {
+        tokio::select! {
+            ready = ring.wait() => {
+                ready.context("waiting on the sample ring buffer")?;
+                ring.drain(|record| pipeline.ingest(record));
+            }
+            _ = export_tick.tick() => window_start = finish_window!(),
+            _ = refresh_tick.tick() => {
+                if let Ok(counters) = sampler.counters() {
+                    telemetry.record_kernel(&counters);
+                }
+                advance_to(&telemetry.samples, pipeline.total_samples());
+                advance_to(&telemetry.malformed_records, pipeline.malformed());
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+
+    tracing::info!("stopping: exporting the last window");
+    telemetry.set_ready(false);
+    sampler.stop().context("stopping the CPU sampler")?;
+    ring.drain(|record| pipeline.ingest(record));
+    if let Ok(counters) = sampler.counters() {
+        telemetry.record_kernel(&counters);
+    }
+    finish_window!();
+    drop(sampler);
+
+    let _ = closing_tx.send(true);
+    let drained = tokio::time::timeout(config.shutdown_timeout, async {
+        for exporter in &mut exporters {
+            let _ = (&mut exporter.task).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        for exporter in &exporters {
+            exporter.task.abort();
+            let left = exporter.outbox.queue.lock().expect("queue lock").len();
+            let kept = if config.spool.dir.is_some() {
+                "kept in the spool for the next start"
+            } else {
+                "lost"
+            };
+            tracing::warn!(
+                exporter = exporter.outbox.name,
+                left,
+                "shutdown deadline reached; undelivered profiles {kept}"
+            );
+        }
+    }
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
+    Ok(())
+}

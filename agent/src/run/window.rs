@@ -1,0 +1,113 @@
+//! The end of an export window: the window's profile is built, split into
+//! resources, encoded once per exporter and queued, and kept in the local
+//! history.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+
+use super::delivery::Outbox;
+use crate::{
+    export::{
+        otlp::encode_request,
+        pyroscope::{encode_push, labelled_profiles},
+        resource::ResourceNamer,
+    },
+    pipeline::{CpuPipeline, WindowLimits},
+    profile::ProfileMeta,
+    retention::{History, HistoryEntry},
+    telemetry::{Telemetry, advance_to},
+};
+
+/// The export formats a window is encoded in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Otlp,
+    Pyroscope,
+}
+
+/// When the current window began.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowStart {
+    pub wall: SystemTime,
+    pub instant: Instant,
+}
+
+impl WindowStart {
+    pub fn now() -> Self {
+        Self {
+            wall: SystemTime::now(),
+            instant: Instant::now(),
+        }
+    }
+}
+
+pub struct WindowContext<'a> {
+    pub pipeline: &'a mut CpuPipeline,
+    pub namer: &'a ResourceNamer,
+    pub outboxes: &'a [(Format, Outbox)],
+    pub history: &'a mut History,
+    pub telemetry: &'a Telemetry,
+    pub period_ns: u64,
+    pub limits: WindowLimits,
+}
+
+fn random_id() -> [u8; 16] {
+    let id: u128 = rand::random::<u128>() | 1; // never all zeroes
+    id.to_le_bytes()
+}
+
+/// Ends the window that began at `start`; returns the next window's start.
+pub fn finish(ctx: WindowContext<'_>, start: WindowStart) -> WindowStart {
+    let next = WindowStart::now();
+    let profile = ctx.pipeline.profile(ProfileMeta {
+        period_ns: ctx.period_ns,
+        start_unix_ns: start
+            .wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        duration_ns: next.instant.duration_since(start.instant).as_nanos() as u64,
+    });
+    let stats = ctx.pipeline.symbolizer_stats();
+    ctx.pipeline.end_window(&ctx.limits);
+    ctx.telemetry.windows.inc();
+    advance_to(&ctx.telemetry.symbol_cache_hits, stats.hits);
+    advance_to(&ctx.telemetry.symbol_cache_misses, stats.misses);
+    ctx.telemetry
+        .processes_tracked
+        .set(ctx.pipeline.processes() as i64);
+    if profile.samples.is_empty() {
+        return next; // nothing ran: nothing to send
+    }
+
+    let groups = ctx.namer.group(&profile);
+    let labelled = labelled_profiles(&profile, &groups);
+    for (format, outbox) in ctx.outboxes {
+        let payload = match format {
+            Format::Otlp => encode_request(&profile, &groups, &mut random_id).encode_to_vec(),
+            Format::Pyroscope => encode_push(&labelled, &mut || {
+                random_id().iter().map(|b| format!("{b:02x}")).collect()
+            }),
+        };
+        outbox.push(payload.into(), ctx.telemetry);
+    }
+    let now = SystemTime::now();
+    for profile in labelled {
+        ctx.history.push(
+            HistoryEntry {
+                window_start: start.wall,
+                window_end: next.wall,
+                labels: profile.labels,
+                pprof_gz: profile.pprof_gz,
+            },
+            now,
+        );
+    }
+    ctx.telemetry.history_bytes.set(ctx.history.bytes() as i64);
+    tracing::debug!(
+        samples = profile.total_samples(),
+        resources = groups.len(),
+        "window exported"
+    );
+    next
+}

@@ -1,0 +1,347 @@
+//! The agent's own metrics, served as Prometheus/OpenMetrics text on
+//! `/metrics`, with `/healthz` (the process is serving) and `/readyz`
+//! (sampling is running and exporters are set up).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+
+use crate::{probes::KernelCounters, retention::Dropped};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExporterLabel {
+    pub exporter: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub exporter: &'static str,
+    pub reason: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric the agent reports. A "profile" in the export metrics is
+/// the payload of one export interval (all of its resources' profiles).
+#[derive(Default)]
+pub struct Telemetry {
+    registry: Registry,
+    ready: AtomicBool,
+    pub samples: Counter,
+    pub kernel_samples_lost: Family<ReasonLabel, Counter>,
+    pub stack_errors: Family<ReasonLabel, Counter>,
+    pub malformed_records: Counter,
+    pub windows: Counter,
+    pub exported: Family<ExporterLabel, Counter>,
+    pub failed: Family<ExporterLabel, Counter>,
+    pub retried: Family<ExporterLabel, Counter>,
+    pub dropped: Family<DropLabels, Counter>,
+    pub queue_bytes: Family<ExporterLabel, Gauge>,
+    pub queue_profiles: Family<ExporterLabel, Gauge>,
+    pub queue_oldest_age: Family<ExporterLabel, FloatGauge>,
+    pub symbol_cache_hits: Counter,
+    pub symbol_cache_misses: Counter,
+    pub processes_tracked: Gauge,
+    pub history_bytes: Gauge,
+    pub cpu_seconds: Counter<f64, AtomicU64>,
+    pub resident_memory: Gauge,
+}
+
+/// Moves a counter up to an absolute total read from elsewhere.
+pub fn advance_to(counter: &Counter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Arc<Self> {
+        let mut t = Self::default();
+        let r = &mut t.registry;
+        r.register(
+            "hearth_samples",
+            "CPU samples read from the kernel",
+            t.samples.clone(),
+        );
+        r.register(
+            "hearth_kernel_samples_lost",
+            "Samples the kernel could not deliver (ring_full: the ring-buffer reservation failed)",
+            t.kernel_samples_lost.clone(),
+        );
+        r.register(
+            "hearth_stack_walk_errors",
+            "Samples kept without one of their stacks, by which walk failed",
+            t.stack_errors.clone(),
+        );
+        r.register(
+            "hearth_malformed_records",
+            "Ring records that could not be decoded",
+            t.malformed_records.clone(),
+        );
+        r.register(
+            "hearth_export_windows",
+            "Export intervals completed",
+            t.windows.clone(),
+        );
+        r.register(
+            "hearth_profiles_exported",
+            "Profiles delivered, per exporter",
+            t.exported.clone(),
+        );
+        r.register(
+            "hearth_profiles_failed",
+            "Failed delivery attempts, per exporter",
+            t.failed.clone(),
+        );
+        r.register(
+            "hearth_profiles_retried",
+            "Delivery retries scheduled, per exporter",
+            t.retried.clone(),
+        );
+        r.register(
+            "hearth_profiles_dropped",
+            "Profiles given up, per exporter and reason (queue_bytes, queue_age, rejected, spool_bytes)",
+            t.dropped.clone(),
+        );
+        r.register_with_unit(
+            "hearth_queue",
+            "Bytes waiting for delivery",
+            Unit::Bytes,
+            t.queue_bytes.clone(),
+        );
+        r.register(
+            "hearth_queue_profiles",
+            "Profiles waiting for delivery",
+            t.queue_profiles.clone(),
+        );
+        r.register_with_unit(
+            "hearth_queue_oldest_age",
+            "Age of the oldest profile waiting for delivery",
+            Unit::Seconds,
+            t.queue_oldest_age.clone(),
+        );
+        r.register(
+            "hearth_symbol_cache_hits",
+            "Addresses named from the symbol cache",
+            t.symbol_cache_hits.clone(),
+        );
+        r.register(
+            "hearth_symbol_cache_misses",
+            "Addresses that had to be symbolized",
+            t.symbol_cache_misses.clone(),
+        );
+        r.register(
+            "hearth_processes_tracked",
+            "Processes whose metadata is held",
+            t.processes_tracked.clone(),
+        );
+        r.register_with_unit(
+            "hearth_history",
+            "Bytes of recent profiles kept",
+            Unit::Bytes,
+            t.history_bytes.clone(),
+        );
+        r.register_with_unit(
+            "process_cpu",
+            "CPU time used by the agent",
+            Unit::Seconds,
+            t.cpu_seconds.clone(),
+        );
+        r.register_with_unit(
+            "process_resident_memory",
+            "Resident memory of the agent",
+            Unit::Bytes,
+            t.resident_memory.clone(),
+        );
+        Arc::new(t)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Brings the kernel-side counters up to the totals read from BPF maps.
+    pub fn record_kernel(&self, k: &KernelCounters) {
+        let lost = |reason| {
+            self.kernel_samples_lost
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        };
+        advance_to(&lost("ring_full"), k.ring_full);
+        advance_to(&lost("filter_full"), k.filter_full);
+        let stack = |reason| {
+            self.stack_errors
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        };
+        advance_to(&stack("kernel"), k.kernel_stack_errors);
+        advance_to(&stack("user"), k.user_stack_errors);
+        advance_to(&stack("task_read"), k.task_read_errors);
+    }
+
+    pub fn record_dropped(&self, exporter: &'static str, dropped: Dropped) {
+        for (reason, count) in [
+            ("queue_bytes", dropped.over_bytes),
+            ("queue_age", dropped.too_old),
+            ("spool_bytes", dropped.unspooled),
+        ] {
+            if count > 0 {
+                self.dropped
+                    .get_or_create(&DropLabels { exporter, reason })
+                    .inc_by(count);
+            }
+        }
+    }
+
+    /// Total of a per-exporter counter family, for logs and tests.
+    pub fn exporter_count(family: &Family<ExporterLabel, Counter>, exporter: &'static str) -> u64 {
+        family.get_or_create(&ExporterLabel { exporter }).get()
+    }
+
+    /// Refreshes the agent's own CPU and memory gauges from procfs.
+    fn refresh_process(&self) {
+        let Ok(me) = procfs::process::Process::myself() else {
+            return;
+        };
+        if let Ok(stat) = me.stat() {
+            let ticks = procfs::ticks_per_second().max(1) as f64;
+            let total = (stat.utime + stat.stime) as f64 / ticks;
+            let current = self.cpu_seconds.get();
+            if total > current {
+                self.cpu_seconds.inc_by(total - current);
+            }
+        }
+        if let Ok(statm) = me.statm() {
+            let page = procfs::page_size();
+            self.resident_memory.set((statm.resident * page) as i64);
+        }
+    }
+
+    /// The metrics as OpenMetrics text.
+    pub fn render(&self) -> String {
+        self.refresh_process();
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String");
+        text
+    }
+}
+
+async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        telemetry.render(),
+    )
+}
+
+async fn readyz(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
+    if telemetry.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+/// Serves the endpoints on an already-bound listener until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    telemetry: Arc<Telemetry>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(telemetry);
+    axum::serve(listener, app).await
+}
+
+/// How often kernel counters and gauges are refreshed between scrapes.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_units_and_kernel_totals() {
+        let telemetry = Telemetry::new();
+        telemetry.samples.inc_by(42);
+        telemetry.record_kernel(&KernelCounters {
+            ring_full: 7,
+            ..Default::default()
+        });
+        telemetry.record_kernel(&KernelCounters {
+            ring_full: 9,
+            ..Default::default()
+        });
+        telemetry.record_dropped(
+            "otlp",
+            Dropped {
+                over_bytes: 3,
+                ..Default::default()
+            },
+        );
+        let text = telemetry.render();
+        assert!(text.contains("hearth_samples_total 42"), "{text}");
+        assert!(
+            text.contains("hearth_kernel_samples_lost_total{reason=\"ring_full\"} 9"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "hearth_profiles_dropped_total{exporter=\"otlp\",reason=\"queue_bytes\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn serves_metrics_health_and_readiness_over_http() {
+        let telemetry = Telemetry::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, telemetry.clone()));
+        let get = |path: &str| {
+            let url = format!("http://{address}{path}");
+            async move { reqwest::get(url).await.unwrap() }
+        };
+        assert_eq!(get("/healthz").await.status(), 200);
+        assert_eq!(get("/readyz").await.status(), 503);
+        telemetry.set_ready(true);
+        assert_eq!(get("/readyz").await.status(), 200);
+        let metrics = get("/metrics").await.text().await.unwrap();
+        assert!(metrics.contains("hearth_samples_total"), "{metrics}");
+    }
+}
