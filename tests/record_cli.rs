@@ -394,11 +394,15 @@ fn samples_lost_to_a_full_ring_are_counted_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = build_two_leaves_c(dir.path());
     let out = dir.path().join("lossy.folded");
-    // Two busy processes at 4999 Hz into a ring of three samples, with the
-    // reader competing for the same two CPUs: the ring must overflow.
+    // Two busy processes fill both CPUs while the agent runs in the idle
+    // scheduling class, so it reads only when they let it: a small ring
+    // at a high rate must overflow, as it would for a starved agent.
     let script = two_at_once(&fixture, "2");
-    let output = run_hearth(
-        &[
+    let mut command = std::process::Command::new("chrt");
+    command
+        .args(["--idle", "0"])
+        .arg(hearth_bin())
+        .args([
             "record",
             "-F",
             "4999",
@@ -406,13 +410,12 @@ fn samples_lost_to_a_full_ring_are_counted_and_reported() {
             "8KiB",
             "-o",
             path_str(&out),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-        Duration::from_secs(60),
-    );
+        ])
+        .args(["--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let output = Running::from_child(command.spawn().expect("run chrt (util-linux)"))
+        .output_within(Duration::from_secs(60));
     assert_success(&output);
     let text = stderr(&output);
     let lost: u64 = text

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     config::{ConfigFlag, ConfigSources, OtlpProtocol},
     export::OutputFormat,
-    units::ByteSize,
+    probes::RingBufferSize,
 };
 
 #[derive(Debug, Parser)]
@@ -165,11 +165,12 @@ pub struct RecordArgs {
     #[arg(long)]
     pub no_kernel: bool,
 
-    /// Size of the sample ring buffer shared by all CPUs (a power of two, at
-    /// least one page, e.g. 4MiB). Samples that find it full are dropped and
-    /// counted as lost.
-    #[arg(long, default_value = "4MiB", value_name = "SIZE")]
-    pub ring_buffer_size: ByteSize,
+    /// Size of the sample ring buffer shared by all CPUs: `auto` (about 2 s
+    /// of samples from every CPU at the chosen rate, 256KiB to 64MiB), or a
+    /// power of two of at least one page (e.g. 4MiB). Samples that find it
+    /// full are dropped and counted as lost.
+    #[arg(long, default_value = "auto", value_name = "SIZE")]
+    pub ring_buffer_size: RingBufferSize,
 
     /// Most processes the PID/command filter follows (the given ones and
     /// their descendants).

@@ -15,7 +15,6 @@ use crate::{
 #[derive(Clone, Copy, Debug)]
 pub struct WindowLimits {
     pub idle_windows: u32,
-    pub symbol_cache_entries: usize,
 }
 
 pub struct CpuPipeline {
@@ -28,11 +27,12 @@ pub struct CpuPipeline {
 }
 
 impl CpuPipeline {
-    pub fn new(limits: ProcessLimits) -> Self {
+    /// `symbol_cache_entries` bounds the symbolizer's cache.
+    pub fn new(limits: ProcessLimits, symbol_cache_entries: usize) -> Self {
         Self {
             processes: ProcessTable::new(limits),
             stacks: StackTable::new(),
-            symbolizer: Symbolizer::new(),
+            symbolizer: Symbolizer::new(symbol_cache_entries),
             malformed: 0,
             earlier_samples: 0,
         }
@@ -89,12 +89,17 @@ impl CpuPipeline {
 
     /// Starts a new window (take its profile first): its stacks are
     /// dropped, processes idle for `limits.idle_windows` windows forgotten
-    /// with their files, and the symbol cache kept within bounds.
+    /// with their files and what was cached for them, and the memory this
+    /// freed handed back to the kernel.
     pub fn end_window(&mut self, limits: &WindowLimits) {
         self.earlier_samples += self.stacks.samples();
         self.stacks = StackTable::new();
         let forgotten = self.processes.end_window(limits.idle_windows);
         self.symbolizer.forget(&forgotten);
-        self.symbolizer.bound(limits.symbol_cache_entries);
+        self.symbolizer.trim();
+        // Building a window allocates and frees a lot; without this the
+        // allocator keeps the high-water mark resident.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
     }
 }

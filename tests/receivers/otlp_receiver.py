@@ -7,7 +7,8 @@ It serves ProfilesService/Export over gRPC, or POST /v1development/profiles
 over HTTP, checks every request against the protocol's rules, and appends
 one JSON line per request to --out:
 
-  {"errors": [...], "resources": [{"attributes": {...}, "profiles": [
+  {"transport": ..., "wire_bytes": n, "message_bytes": n,
+   "errors": [...], "resources": [{"attributes": {...}, "profiles": [
      {"sample_type": [t, u], "period_type": [t, u], "period": n,
       "time_unix_nano": t, "duration_nano": d, "profile_id": hex,
       "samples": [{"frames": [root, ..., leaf], "value": v, "attributes": {...}}]}]}]}
@@ -169,8 +170,14 @@ def summarize(request):
     return resources
 
 
-def record(out, request, transport):
-    line = {"transport": transport, "errors": check(request), "resources": summarize(request)}
+def record(out, request, transport, wire_bytes):
+    line = {
+        "transport": transport,
+        "wire_bytes": wire_bytes,
+        "message_bytes": request.ByteSize(),
+        "errors": check(request),
+        "resources": summarize(request),
+    }
     with LOCK, open(out, "a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -180,7 +187,7 @@ class Service(service_grpc.ProfilesServiceServicer):
         self.out = out
 
     def Export(self, request, context):
-        record(self.out, request, "grpc")
+        record(self.out, request, "grpc", request.ByteSize())
         return service.ExportProfilesServiceResponse()
 
 
@@ -191,6 +198,7 @@ def serve_http(port, out):
                 self.send_error(404)
                 return
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            wire_bytes = len(body)
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
             if self.headers.get("Content-Type") != "application/x-protobuf":
@@ -198,7 +206,7 @@ def serve_http(port, out):
                 return
             request = service.ExportProfilesServiceRequest()
             request.ParseFromString(body)
-            record(out, request, "http")
+            record(out, request, "http", wire_bytes)
             reply = service.ExportProfilesServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")

@@ -3,6 +3,8 @@
 //! and reads what they write. Everything here panics with a message that
 //! says what was wrong, as tests should.
 
+pub mod agent;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},

@@ -2,6 +2,7 @@
 //! the README's commands work on a fresh machine.
 
 mod setup;
+mod soak;
 
 use std::{
     ffi::OsString,
@@ -36,6 +37,16 @@ enum Task {
     Bench {
         #[arg(last = true)]
         args: Vec<OsString>,
+    },
+    /// Run `hearth run` on a busy machine for a while at each rate and
+    /// report its CPU, memory and bytes per export window (as root).
+    Soak {
+        /// Minutes per rate.
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Sampling rates to run at (repeatable).
+        #[arg(long = "frequency", default_values_t = [19, 99])]
+        frequencies: Vec<u64>,
     },
     /// Set up, build the agent in release mode and run it, e.g.
     /// `cargo xtask run -- record --duration 10s --output flame.svg`.
@@ -80,6 +91,16 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { args } => {
             setup::run()?;
             cargo_with(&root, &["bench", "-p", "hearth"], &args)
+        }
+        Task::Soak {
+            minutes,
+            frequencies,
+        } => {
+            setup::run()?;
+            cargo(&root, &["build", "--release", "-p", "hearth"])?;
+            let results = soak::run(&root, minutes, &frequencies)?;
+            soak::print(&results);
+            Ok(())
         }
         Task::Run { args } => {
             setup::run()?;

@@ -28,13 +28,44 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "linux-perf",
     "golang-go",
+    "python3",
+    "python3-pip",
 ];
+
+/// PyPI packages the tests use as independent references: the official
+/// OTLP bindings (profiles v1development) and a gRPC server for them.
+const PIP_PACKAGES: &[&str] = &["opentelemetry-proto>=1.43", "grpcio>=1.60"];
+/// Imports that prove those packages are installed at a usable version.
+const PIP_CHECK: &str =
+    "import grpc; from opentelemetry.proto.profiles.v1development import profiles_pb2";
 
 pub fn run() -> anyhow::Result<()> {
     install_apt_packages()?;
+    install_pip_packages()?;
     install_rust_src()?;
     install_bpf_linker()?;
     Ok(())
+}
+
+fn install_pip_packages() -> anyhow::Result<()> {
+    if output_of(Command::new("python3").args(["-c", PIP_CHECK])).is_some() {
+        println!("setup: Python test packages present");
+        return Ok(());
+    }
+    println!("setup: installing {}", PIP_PACKAGES.join(" "));
+    run_command(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--root-user-action=ignore",
+            ])
+            .args(PIP_PACKAGES),
+    )
+    .context("installing the Python packages the tests use (python3 with pip is needed)")
 }
 
 /// PATH with cargo's bin directory and LLVM's tools first.

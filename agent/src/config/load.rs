@@ -13,7 +13,6 @@ use std::{
 use yaml_serde::{Mapping, Value};
 
 use super::Config;
-use crate::probes::check_ring_buffer_size;
 
 /// Prefix of the environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "HEARTH_";
@@ -221,8 +220,6 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     if config.export_interval.as_secs() < 1 {
         return Err(("export_interval", "must be at least 1s".into()));
     }
-    check_ring_buffer_size(config.limits.ring_buffer_size)
-        .map_err(|m| ("limits.ring_buffer_size", m))?;
     if config.limits.process_idle_windows == 0 {
         return Err(("limits.process_idle_windows", "must be at least 1".into()));
     }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 
-use crate::units::ByteSize;
+use crate::{probes::RingBufferSize, units::ByteSize};
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,8 +56,10 @@ impl Default for Config {
 #[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Sample ring buffer shared by all CPUs (power of two, at least a page).
-    pub ring_buffer_size: ByteSize,
+    /// Sample ring buffer shared by all CPUs: `auto`, or a power of two of
+    /// at least a page.
+    #[serde(with = "ring_size")]
+    pub ring_buffer_size: RingBufferSize,
     /// Most executable files held open for symbolization.
     pub max_open_objects: usize,
     /// Most symbolized addresses cached; the cache is emptied when full.
@@ -70,9 +72,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            ring_buffer_size: ByteSize(4 << 20),
+            ring_buffer_size: RingBufferSize::Auto,
             max_open_objects: 1024,
-            symbol_cache_entries: 200_000,
+            symbol_cache_entries: 65_536,
             process_idle_windows: 6,
         }
     }
@@ -195,7 +197,7 @@ pub struct HistoryConfig {
 impl Default for HistoryConfig {
     fn default() -> Self {
         Self {
-            max_bytes: ByteSize(16 << 20),
+            max_bytes: ByteSize(8 << 20),
             max_age: Duration::from_secs(30 * 60),
         }
     }
@@ -232,6 +234,36 @@ pub struct ServiceNameRule {
     pub container_id: Option<String>,
     /// The service name to give.
     pub service: String,
+}
+
+/// `auto` or a size, as the ring buffer takes it.
+mod ring_size {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::probes::RingBufferSize;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<RingBufferSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bytes(bytes) => bytes.to_string().parse(),
+            Raw::Text(text) => text.parse(),
+        }
+        .map_err(D::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(
+        size: &RingBufferSize,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(size)
+    }
 }
 
 /// Durations as people write them, with an error that shows how.

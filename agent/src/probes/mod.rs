@@ -87,6 +87,90 @@ pub enum ProbeError {
     Ring(#[source] std::io::Error),
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_ring_scales_with_cpus_and_rate_within_bounds() {
+        assert_eq!(RingBufferSize::Auto.bytes(2, 19), 256 << 10);
+        // 64 CPUs x 99 Hz x 320 B x 2 s = 4.06 MB.
+        assert_eq!(RingBufferSize::Auto.bytes(64, 99), 4 << 20);
+        assert_eq!(RingBufferSize::Auto.bytes(1024, 10_000), 64 << 20);
+        assert_eq!("auto".parse(), Ok(RingBufferSize::Auto));
+        assert_eq!("1MiB".parse(), Ok(RingBufferSize::Fixed(ByteSize(1 << 20))));
+        assert!(
+            "3MiB"
+                .parse::<RingBufferSize>()
+                .unwrap_err()
+                .contains("power of two")
+        );
+        assert!(
+            "lots"
+                .parse::<RingBufferSize>()
+                .unwrap_err()
+                .contains("or auto")
+        );
+    }
+}
+
+/// The sample ring's size: chosen from the machine and the rate, or given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RingBufferSize {
+    /// Room for about [`AUTO_RING_SECONDS`] of samples from every CPU.
+    #[default]
+    Auto,
+    Fixed(ByteSize),
+}
+
+/// Seconds of samples an `auto` ring holds: enough to ride out a slow
+/// window build (symbolizing a large binary for the first time).
+pub const AUTO_RING_SECONDS: u64 = 2;
+/// A typical record: header plus about 32 frames.
+const TYPICAL_RECORD_BYTES: u64 = 320;
+
+impl std::str::FromStr for RingBufferSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.trim().eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        let size: ByteSize = text
+            .parse()
+            .map_err(|e: crate::units::ByteSizeError| format!("{e}, or auto"))?;
+        check_ring_buffer_size(size)?;
+        Ok(Self::Fixed(size))
+    }
+}
+
+impl std::fmt::Display for RingBufferSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(size) => size.fmt(f),
+        }
+    }
+}
+
+impl RingBufferSize {
+    /// Bytes for `cpus` CPUs sampled at `frequency_hz`.
+    pub fn bytes(self, cpus: u64, frequency_hz: u64) -> u32 {
+        match self {
+            Self::Fixed(size) => size.0 as u32,
+            Self::Auto => {
+                let wanted = cpus * frequency_hz * TYPICAL_RECORD_BYTES * AUTO_RING_SECONDS;
+                wanted.next_power_of_two().clamp(256 << 10, 64 << 20) as u32
+            }
+        }
+    }
+}
+
+/// CPUs the sampler attaches to.
+pub fn online_cpu_count() -> u64 {
+    online_cpus().map_or(1, |cpus| cpus.len() as u64)
+}
+
 /// Checks a ring-buffer size: a power of two from one page to 1GiB.
 /// Returns the size in bytes, or what is wrong with it.
 pub fn check_ring_buffer_size(size: ByteSize) -> Result<u32, String> {

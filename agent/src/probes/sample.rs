@@ -1,13 +1,11 @@
-//! A view of one `CpuSample` record as it sits in the ring: header fields
-//! are copied out, stacks are read in place.
+//! A view of one CPU sample record as it sits in the ring: the header is
+//! copied out, the frames are read in place.
 
-use std::mem::offset_of;
-
-use hearth_common::{CpuSample, MAX_STACK_DEPTH, SampleHeader, TASK_COMM_LEN};
+use hearth_common::{MAX_STACK_DEPTH, SampleHeader, TASK_COMM_LEN, record_size};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SampleDecodeError {
-    #[error("record of {0} bytes is shorter than a CPU sample")]
+    #[error("record of {0} bytes is shorter than what its header describes")]
     Short(usize),
     #[error(
         "record claims {kernel} kernel and {user} user frames (at most {MAX_STACK_DEPTH} each)"
@@ -25,22 +23,27 @@ pub struct RawSample<'a> {
 
 impl<'a> RawSample<'a> {
     pub fn decode(bytes: &'a [u8]) -> Result<Self, SampleDecodeError> {
-        if bytes.len() < size_of::<CpuSample>() {
+        if bytes.len() < size_of::<SampleHeader>() {
             return Err(SampleDecodeError::Short(bytes.len()));
         }
         // SAFETY: the length was checked, and every bit pattern is a valid
         // SampleHeader (integers only); the read needs no alignment.
         let header = unsafe { bytes.as_ptr().cast::<SampleHeader>().read_unaligned() };
-        let (kernel, user) = (header.kernel_frames, header.user_frames);
-        if kernel as usize > MAX_STACK_DEPTH || user as usize > MAX_STACK_DEPTH {
-            return Err(SampleDecodeError::BadDepth { kernel, user });
+        let (kernel, user) = (header.kernel_frames as usize, header.user_frames as usize);
+        if kernel > MAX_STACK_DEPTH || user > MAX_STACK_DEPTH {
+            return Err(SampleDecodeError::BadDepth {
+                kernel: header.kernel_frames,
+                user: header.user_frames,
+            });
         }
-        let kernel_at = offset_of!(CpuSample, kernel_stack);
-        let user_at = offset_of!(CpuSample, user_stack);
+        if bytes.len() < record_size(kernel + user) {
+            return Err(SampleDecodeError::Short(bytes.len()));
+        }
+        let frames = &bytes[size_of::<SampleHeader>()..];
         Ok(Self {
             header,
-            kernel: &bytes[kernel_at..kernel_at + kernel as usize * 8],
-            user: &bytes[user_at..user_at + user as usize * 8],
+            kernel: &frames[..kernel * 8],
+            user: &frames[kernel * 8..(kernel + user) * 8],
         })
     }
 
@@ -75,25 +78,23 @@ fn frames(bytes: &[u8]) -> impl ExactSizeIterator<Item = u64> + '_ {
 /// from the stacks); for tests and for replaying recorded samples.
 pub fn encode(header: SampleHeader, kernel: &[u64], user: &[u64]) -> Vec<u8> {
     assert!(kernel.len() <= MAX_STACK_DEPTH && user.len() <= MAX_STACK_DEPTH);
-    let mut sample = CpuSample {
-        header: SampleHeader {
-            kernel_frames: kernel.len() as u32,
-            user_frames: user.len() as u32,
-            ..header
-        },
-        kernel_stack: [0; MAX_STACK_DEPTH],
-        user_stack: [0; MAX_STACK_DEPTH],
+    let header = SampleHeader {
+        kernel_frames: kernel.len() as u32,
+        user_frames: user.len() as u32,
+        ..header
     };
-    sample.kernel_stack[..kernel.len()].copy_from_slice(kernel);
-    sample.user_stack[..user.len()].copy_from_slice(user);
-    // SAFETY: CpuSample is repr(C) plain data with no implicit padding.
-    let bytes = unsafe {
+    // SAFETY: SampleHeader is repr(C) plain data with no implicit padding.
+    let header_bytes = unsafe {
         std::slice::from_raw_parts(
-            std::ptr::from_ref(&sample).cast::<u8>(),
-            size_of::<CpuSample>(),
+            std::ptr::from_ref(&header).cast::<u8>(),
+            size_of::<SampleHeader>(),
         )
     };
-    bytes.to_vec()
+    let mut record = header_bytes.to_vec();
+    for frame in kernel.iter().chain(user) {
+        record.extend_from_slice(&frame.to_ne_bytes());
+    }
+    record
 }
 
 #[cfg(test)]
@@ -112,6 +113,12 @@ mod tests {
             comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
             ..SampleHeader::default()
         }
+    }
+
+    #[test]
+    fn records_hold_only_the_frames_in_use() {
+        let bytes = encode(header(), &[0xf_fff1], &[0x10, 0x20, 0x30]);
+        assert_eq!(bytes.len(), 64 + 4 * 8);
     }
 
     #[test]
@@ -135,11 +142,18 @@ mod tests {
             SampleDecodeError::Short(10)
         );
         let mut bad = encode(header(), &[], &[]);
-        let at = offset_of!(SampleHeader, user_frames);
+        let at = std::mem::offset_of!(SampleHeader, user_frames);
         bad[at..at + 4].copy_from_slice(&500u32.to_ne_bytes());
         assert!(matches!(
             RawSample::decode(&bad),
             Err(SampleDecodeError::BadDepth { user: 500, .. })
+        ));
+        // A header that promises more frames than the record holds.
+        let mut cut = encode(header(), &[1, 2], &[3]);
+        cut.truncate(cut.len() - 8);
+        assert!(matches!(
+            RawSample::decode(&cut),
+            Err(SampleDecodeError::Short(_))
         ));
     }
 }

@@ -23,8 +23,9 @@ use crate::{
     export::{self, OutputFormat, SvgOptions},
     pipeline::CpuPipeline,
     preflight,
-    probes::{CpuSampler, KernelCounters, SamplerSettings, check_frequency},
+    probes::{CpuSampler, KernelCounters, SamplerSettings, check_frequency, online_cpu_count},
     profile::ProfileMeta,
+    symbolize::DEFAULT_CACHE_ENTRIES,
 };
 use progress::Progress;
 
@@ -70,7 +71,9 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         frequency_hz: options.frequency_hz,
         kernel_stacks: options.kernel_stacks,
         filter_processes: options.filters_processes(),
-        ring_buffer_bytes: options.ring_buffer_bytes,
+        ring_buffer_bytes: options
+            .ring_buffer_size
+            .bytes(online_cpu_count(), options.frequency_hz),
         filter_capacity: options.max_traced_processes,
     })
     .context("loading the CPU sampler")?;
@@ -78,7 +81,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         sampler.trace_process(pid)?;
     }
     let mut ring = sampler.take_ring()?;
-    let mut pipeline = CpuPipeline::new(options.process_limits);
+    let mut pipeline = CpuPipeline::new(options.process_limits, DEFAULT_CACHE_ENTRIES);
 
     let start_wall = SystemTime::now();
     let started = Instant::now();

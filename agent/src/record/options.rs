@@ -5,7 +5,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use crate::{
     cli::RecordArgs,
     export::{OutputFormat, UnknownFormat},
-    probes::check_ring_buffer_size,
+    probes::RingBufferSize,
     process::ProcessLimits,
 };
 
@@ -22,7 +22,7 @@ pub struct RecordOptions {
     pub output: PathBuf,
     pub format: OutputFormat,
     pub kernel_stacks: bool,
-    pub ring_buffer_bytes: u32,
+    pub ring_buffer_size: RingBufferSize,
     pub max_traced_processes: u32,
     pub process_limits: ProcessLimits,
 }
@@ -33,8 +33,6 @@ pub enum OptionsError {
     Format(#[from] UnknownFormat),
     #[error("--duration must be longer than zero")]
     ZeroDuration,
-    #[error("--ring-buffer-size {0}")]
-    RingBuffer(String),
     #[error("--pid 0 is not a process; give the PID of a running process")]
     PidZero,
     #[error("--{0} must be at least 1")]
@@ -65,8 +63,6 @@ impl TryFrom<RecordArgs> for RecordOptions {
                 )
             }
         };
-        let ring_buffer_bytes =
-            check_ring_buffer_size(args.ring_buffer_size).map_err(OptionsError::RingBuffer)?;
         if args.pids.contains(&0) {
             return Err(OptionsError::PidZero);
         }
@@ -81,7 +77,7 @@ impl TryFrom<RecordArgs> for RecordOptions {
             output,
             format,
             kernel_stacks: !args.no_kernel,
-            ring_buffer_bytes,
+            ring_buffer_size: args.ring_buffer_size,
             max_traced_processes: args.max_traced_processes,
             process_limits: ProcessLimits {
                 max_open_objects: args.max_open_objects,
@@ -122,7 +118,7 @@ mod tests {
         assert_eq!(options.output, PathBuf::from("flame.svg"));
         assert_eq!(options.format, OutputFormat::Svg);
         assert!(options.kernel_stacks && !options.filters_processes());
-        assert_eq!(options.ring_buffer_bytes, 4 << 20);
+        assert_eq!(options.ring_buffer_size, RingBufferSize::Auto);
     }
 
     #[test]
@@ -167,7 +163,8 @@ mod tests {
         );
         assert!(parse(&["--ring-buffer-size", "lots"]).is_err());
         let small = parse(&["--ring-buffer-size", "64KiB"]).unwrap();
-        assert_eq!(small.ring_buffer_bytes, 64 << 10);
+        let expected = RingBufferSize::Fixed(crate::units::ByteSize(64 << 10));
+        assert_eq!(small.ring_buffer_size, expected);
         assert!(
             parse(&["--pid", "0"])
                 .unwrap_err()

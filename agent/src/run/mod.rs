@@ -25,7 +25,7 @@ use crate::{
     export::{otlp::OtlpClient, pyroscope::PyroscopeClient, resource::ResourceNamer},
     pipeline::{CpuPipeline, WindowLimits},
     preflight,
-    probes::{CpuSampler, SamplerSettings, check_frequency},
+    probes::{CpuSampler, SamplerSettings, check_frequency, online_cpu_count},
     process::ProcessLimits,
     retention::{ExportQueue, History, QueueLimits, Spool},
     telemetry::{self, Telemetry, advance_to},
@@ -145,20 +145,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         frequency_hz: config.frequency,
         kernel_stacks: config.kernel_stacks,
         filter_processes: false,
-        ring_buffer_bytes: config.limits.ring_buffer_size.0 as u32,
+        ring_buffer_bytes: config
+            .limits
+            .ring_buffer_size
+            .bytes(online_cpu_count(), config.frequency),
         filter_capacity: 1,
     })
     .context("loading the CPU sampler")?;
     let mut ring = sampler.take_ring()?;
-    let mut pipeline = CpuPipeline::new(ProcessLimits {
-        max_open_objects: config.limits.max_open_objects,
-        ..ProcessLimits::default()
-    });
+    let mut pipeline = CpuPipeline::new(
+        ProcessLimits {
+            max_open_objects: config.limits.max_open_objects,
+            ..ProcessLimits::default()
+        },
+        config.limits.symbol_cache_entries,
+    );
     let namer = ResourceNamer::new(&config.service_name, ResourceNamer::system_host_name());
     let mut history = History::new(config.history.max_bytes.0, config.history.max_age);
     let limits = WindowLimits {
         idle_windows: config.limits.process_idle_windows,
-        symbol_cache_entries: config.limits.symbol_cache_entries,
     };
     let period_ns = 1_000_000_000 / config.frequency;
 

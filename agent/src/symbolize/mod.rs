@@ -3,10 +3,16 @@
 //! demangled) and kernel addresses from kallsyms, with blazesym.
 //!
 //! Results are cached by object identity and file offset, so an address is
-//! symbolized once however many stacks and processes share it. Addresses
-//! that cannot be named keep a frame: `module+0xoffset`, or `[unknown]`.
+//! symbolized once however many stacks and processes share it. The cache
+//! is bounded and keeps two generations: what is used survives, what was
+//! not used for a generation is dropped. Addresses that cannot be named
+//! keep a frame: `module+0xoffset`, or `[unknown]`.
 
-use std::{collections::hash_map::Entry, path::PathBuf, sync::Arc};
+mod cache;
+
+use cache::Generations;
+
+use std::{path::PathBuf, sync::Arc};
 
 use blazesym::symbolize::{
     self as blaze, Input, Symbolized,
@@ -41,15 +47,18 @@ type Frames = Box<[Frame]>;
 pub struct Symbolizer {
     blaze: blaze::Symbolizer,
     strings: FxHashSet<Arc<str>>,
-    user: FxHashMap<(ObjectId, u64), Frames>,
-    kernel: FxHashMap<u64, Frames>,
+    user: Generations<(ObjectId, u64), Frames>,
+    kernel: Generations<u64, Frames>,
     unknown: Frames,
     stats: SymbolizerStats,
 }
 
+/// Addresses cached when nothing else is said (about 160 bytes each).
+pub const DEFAULT_CACHE_ENTRIES: usize = 65_536;
+
 impl Default for Symbolizer {
     fn default() -> Self {
-        Self::new()
+        Self::new(DEFAULT_CACHE_ENTRIES)
     }
 }
 
@@ -62,7 +71,9 @@ fn new_blaze() -> blaze::Symbolizer {
 }
 
 impl Symbolizer {
-    pub fn new() -> Self {
+    /// A symbolizer caching at most `cache_entries` addresses: three
+    /// quarters for user code, a quarter for the kernel.
+    pub fn new(cache_entries: usize) -> Self {
         let blaze = new_blaze();
         let mut strings = FxHashSet::default();
         let unknown = Box::new([Frame {
@@ -73,8 +84,8 @@ impl Symbolizer {
         Self {
             blaze,
             strings,
-            user: FxHashMap::default(),
-            kernel: FxHashMap::default(),
+            user: Generations::new(cache_entries / 4 * 3),
+            kernel: Generations::new(cache_entries / 4),
             unknown,
             stats: SymbolizerStats::default(),
         }
@@ -97,22 +108,15 @@ impl Symbolizer {
             return;
         }
         let ids: FxHashSet<ObjectId> = gone.iter().map(|(id, _)| *id).collect();
-        self.user.retain(|(object, _), _| !ids.contains(object));
+        self.user.retain(|(object, _)| !ids.contains(object));
         for path in gone.iter().filter_map(|(_, path)| path.as_ref()) {
             let _ = self.blaze.evict(&blaze::evict::Elf::new(path).into());
         }
     }
 
-    /// Empties every cache once more than `max_entries` addresses are
-    /// cached, so memory stays bounded however many programs run.
-    pub fn bound(&mut self, max_entries: usize) {
-        if self.cached() > max_entries {
-            tracing::info!(entries = self.cached(), "symbol cache full; emptying it");
-            self.user.clear();
-            self.kernel.clear();
-            self.strings.retain(|s| Arc::strong_count(s) > 1);
-            self.blaze = new_blaze();
-        }
+    /// Lets go of names no cached address uses any more.
+    pub fn trim(&mut self) {
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
     }
 
     /// Symbolizes every (object, file offset) pair not cached yet, one batch per object.
@@ -123,7 +127,7 @@ impl Symbolizer {
     ) {
         let mut missing: FxHashMap<ObjectId, Vec<u64>> = FxHashMap::default();
         for (object, offset) in wanted {
-            if self.user.contains_key(&(object, offset)) {
+            if self.user.touch(&(object, offset)) {
                 self.stats.hits += 1;
             } else {
                 self.stats.misses += 1;
@@ -173,12 +177,11 @@ impl Symbolizer {
     pub fn prepare_kernel(&mut self, wanted: impl IntoIterator<Item = u64>) {
         let mut missing = Vec::new();
         for address in wanted {
-            match self.kernel.entry(address) {
-                Entry::Occupied(_) => self.stats.hits += 1,
-                Entry::Vacant(_) => {
-                    self.stats.misses += 1;
-                    missing.push(address);
-                }
+            if self.kernel.touch(&address) {
+                self.stats.hits += 1;
+            } else {
+                self.stats.misses += 1;
+                missing.push(address);
             }
         }
         missing.sort_unstable();

@@ -38,17 +38,23 @@ pub struct SampleHeader {
 }
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 64);
 
-/// One CPU sample, as written to the `CPU_SAMPLES` ring buffer. Only the
-/// first `kernel_frames` / `user_frames` stack entries are meaningful; the
-/// rest is uninitialised ring-buffer memory. Frames are innermost first.
+/// One CPU sample as the kernel program assembles it. Only the header and
+/// the frames in use are written to the `CPU_SAMPLES` ring buffer: the
+/// `kernel_frames` kernel frames, then the `user_frames` user frames, each
+/// innermost first. A record is `record_size(kernel_frames + user_frames)`
+/// bytes long.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CpuSample {
     pub header: SampleHeader,
-    pub kernel_stack: [u64; MAX_STACK_DEPTH],
-    pub user_stack: [u64; MAX_STACK_DEPTH],
+    pub frames: [u64; 2 * MAX_STACK_DEPTH],
 }
 const _: () = assert!(core::mem::size_of::<CpuSample>() == 64 + 2 * 8 * MAX_STACK_DEPTH);
+
+/// Bytes of a ring record holding `frames` frames in all.
+pub const fn record_size(frames: usize) -> usize {
+    core::mem::size_of::<SampleHeader>() + 8 * frames
+}
 
 /// Byte offsets of the `task_struct` fields the kernel programs read,
 /// learned at load time from the running kernel's BTF (Rust eBPF has no

@@ -13,7 +13,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use hearth_common::{Counter, CpuSample, MAX_STACK_DEPTH, SamplerConfig, TaskOffsets};
+use hearth_common::{Counter, CpuSample, MAX_STACK_DEPTH, SamplerConfig, TaskOffsets, record_size};
 
 use crate::task::{process_identity, read_field};
 
@@ -47,6 +47,11 @@ static TGID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+/// Where a sample is assembled before its used part is copied to the ring
+/// (a record carries only the frames it has, not two 127-frame arrays).
+#[map]
+static SCRATCH: PerCpuArray<CpuSample> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
 fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
@@ -79,13 +84,12 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
     if tgid == config.ignored_tgid || (config.filter_tgids != 0 && !is_traced(tgid)) {
         return;
     }
-    let Some(mut entry) = CPU_SAMPLES.reserve::<CpuSample>(0) else {
-        count(Counter::RingFull);
+    let Some(sample) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let sample = entry.as_mut_ptr();
-    // SAFETY: `sample` points at reserved ring-buffer memory sized for a CpuSample;
-    // every header field is written before submit, stacks up to the recorded lengths.
+    // SAFETY: `sample` is this CPU's scratch CpuSample; the stack writes stay
+    // inside `frames` (the kernel part is at most MAX_STACK_DEPTH frames, and
+    // the user part starts right after it with room for MAX_STACK_DEPTH more).
     unsafe {
         let task = bpf_get_current_task() as *const u8;
         let (start, exec_id) = match process_identity(task, &config.task) {
@@ -95,44 +99,53 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
                 (0, 0)
             }
         };
-        (*sample).header.timestamp_ns = bpf_ktime_get_ns();
-        (*sample).header.cgroup_id = bpf_get_current_cgroup_id();
-        (*sample).header.process_start_ns = start;
-        (*sample).header.tgid = tgid;
-        (*sample).header.tid = tid;
-        (*sample).header.cpu = bpf_get_smp_processor_id();
-        (*sample).header.exec_id = exec_id;
-        (*sample).header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        let header = &mut (*sample).header;
+        header.timestamp_ns = bpf_ktime_get_ns();
+        header.cgroup_id = bpf_get_current_cgroup_id();
+        header.process_start_ns = start;
+        header.tgid = tgid;
+        header.tid = tid;
+        header.cpu = bpf_get_smp_processor_id();
+        header.exec_id = exec_id;
+        header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 
         const STACK_BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
-        (*sample).header.kernel_frames = 0;
+        let frames = (*sample).frames.as_mut_ptr();
+        let mut kernel = 0usize;
         if config.skip_kernel_stack == 0 {
-            let ret = bpf_get_stack(
-                ctx.as_ptr(),
-                (*sample).kernel_stack.as_mut_ptr().cast(),
-                STACK_BYTES,
-                0,
-            );
+            let ret = bpf_get_stack(ctx.as_ptr(), frames.cast(), STACK_BYTES, 0);
             if ret >= 0 {
-                (*sample).header.kernel_frames = (ret / 8) as u32;
+                kernel = ret as usize / 8;
             } else {
                 count(Counter::KernelStackError);
             }
         }
+        if kernel > MAX_STACK_DEPTH {
+            return;
+        }
         let ret = bpf_get_stack(
             ctx.as_ptr(),
-            (*sample).user_stack.as_mut_ptr().cast(),
+            frames.add(kernel).cast(),
             STACK_BYTES,
             BPF_F_USER_STACK as u64,
         );
-        (*sample).header.user_frames = if ret >= 0 {
-            (ret / 8) as u32
+        let user = if ret >= 0 {
+            ret as usize / 8
         } else {
             count(Counter::UserStackError);
             0
         };
+        if user > MAX_STACK_DEPTH {
+            return;
+        }
+        header.kernel_frames = kernel as u32;
+        header.user_frames = user as u32;
+        let record = core::slice::from_raw_parts(sample as *const u8, record_size(kernel + user));
+        if CPU_SAMPLES.output::<[u8]>(record, 0).is_err() {
+            count(Counter::RingFull);
+            return;
+        }
     }
-    entry.submit(0);
     count(Counter::Samples);
 }
 
