@@ -441,6 +441,76 @@ fn pyroscope_pushes_carry_labels_and_readable_pprof() {
     assert!(header.contains("Type: cpu"), "{header}");
 }
 
+/// TLS to a receiver whose certificate a private CA signed: refused with the
+/// system roots alone, delivered once the CA is given.
+fn tls_with_a_given_ca(protocol: &str) {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = TestCertificate::create(dir.path());
+    let receiver =
+        OtlpReceiver::start_tls(protocol, &dir.path().join("requests.jsonl"), &certificate);
+    let endpoint = format!("https://localhost:{}", receiver.port);
+    let target = Running::spawn(&build_two_leaves_c(dir.path()), &["30"]);
+    let run = |env: &[(&str, &str)]| {
+        let metrics_port = free_port();
+        let agent = spawn_agent(
+            &[
+                "--otlp-endpoint",
+                &endpoint,
+                "--otlp-protocol",
+                protocol,
+                "--export-interval",
+                "1s",
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics_port}"),
+            ],
+            env,
+        );
+        wait_ready(metrics_port, Duration::from_secs(20));
+        std::thread::sleep(Duration::from_secs(3));
+        let (_, metrics) = http_get(metrics_port, "/metrics");
+        let output = terminate(agent, Duration::from_secs(20));
+        assert!(output.status.success(), "agent: {}", stderr(&output));
+        (metrics, stderr(&output))
+    };
+
+    let (metrics, log) = run(&[]);
+    assert!(
+        receiver.requests().is_empty(),
+        "an unknown CA must not be trusted"
+    );
+    assert!(metric(&metrics, "hearth_profiles_failed_total{exporter=\"otlp\"}").unwrap() >= 1.0);
+    assert!(
+        log.to_lowercase().contains("certificate") || log.contains("tls"),
+        "the failure should say why: {log}"
+    );
+
+    let ca = certificate.ca.to_str().unwrap().to_owned();
+    run(&[("HEARTH_OTLP__CA_FILE", ca.as_str())]);
+    let requests = receiver.requests();
+    assert!(
+        !requests.is_empty(),
+        "nothing arrived over TLS with the CA given"
+    );
+    no_protocol_errors(&requests);
+    assert!(
+        otlp_leaf_counts(&requests, target.pid(), &LEAVES)
+            .iter()
+            .sum::<u64>()
+            > 0
+    );
+}
+
+#[test]
+fn otlp_grpc_over_tls_trusts_the_given_ca() {
+    tls_with_a_given_ca("grpc");
+}
+
+#[test]
+fn otlp_http_over_tls_trusts_the_given_ca() {
+    tls_with_a_given_ca("http");
+}
+
 /// Bad configuration stops the agent at start with the key and the fix.
 #[test]
 fn bad_configuration_is_refused_at_start() {

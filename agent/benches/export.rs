@@ -19,7 +19,7 @@ use hearth::{
     pipeline::CpuPipeline,
     process::ProcessLimits,
     profile::{Profile, ProfileMeta},
-    symbolize::DEFAULT_CACHE_ENTRIES,
+    symbolize::Symbolizer,
 };
 use prost::Message;
 
@@ -34,7 +34,7 @@ fn gzip_len(bytes: &[u8]) -> usize {
 
 fn window(hz: u64) -> Profile {
     let samples = support::record(WINDOW_SECONDS, hz, true);
-    let mut pipeline = CpuPipeline::new(ProcessLimits::default(), DEFAULT_CACHE_ENTRIES);
+    let mut pipeline = CpuPipeline::new(ProcessLimits::default(), Symbolizer::default());
     for sample in &samples {
         pipeline.ingest(sample);
     }

@@ -16,7 +16,7 @@ use hearth::{
     probes::RawSample,
     process::{ProcessLimits, ProcessTable},
     profile::{ProfileMeta, build_profile},
-    symbolize::{DEFAULT_CACHE_ENTRIES, Symbolizer},
+    symbolize::Symbolizer,
 };
 
 const RECORD_SECONDS: u64 = 3;
@@ -35,7 +35,7 @@ fn recorded_samples() -> &'static [Vec<u8>] {
 }
 
 fn warm_pipeline(samples: &[Vec<u8>]) -> CpuPipeline {
-    let mut pipeline = CpuPipeline::new(ProcessLimits::default(), DEFAULT_CACHE_ENTRIES);
+    let mut pipeline = CpuPipeline::new(ProcessLimits::default(), Symbolizer::default());
     for sample in samples {
         pipeline.ingest(sample);
     }

@@ -27,12 +27,11 @@ pub struct CpuPipeline {
 }
 
 impl CpuPipeline {
-    /// `symbol_cache_entries` bounds the symbolizer's cache.
-    pub fn new(limits: ProcessLimits, symbol_cache_entries: usize) -> Self {
+    pub fn new(limits: ProcessLimits, symbolizer: Symbolizer) -> Self {
         Self {
             processes: ProcessTable::new(limits),
             stacks: StackTable::new(),
-            symbolizer: Symbolizer::new(symbol_cache_entries),
+            symbolizer,
             malformed: 0,
             earlier_samples: 0,
         }

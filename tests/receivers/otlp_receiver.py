@@ -19,6 +19,7 @@ Prints "listening on PORT" once it accepts requests.
 import argparse
 import gzip
 import json
+import ssl
 import sys
 import threading
 from concurrent import futures
@@ -191,7 +192,7 @@ class Service(service_grpc.ProfilesServiceServicer):
         return service.ExportProfilesServiceResponse()
 
 
-def serve_http(port, out):
+def serve_http(port, out, tls):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             if self.path != "/v1development/profiles":
@@ -218,6 +219,10 @@ def serve_http(port, out):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"listening on {server.server_address[1]}", flush=True)
     server.serve_forever()
 
@@ -227,13 +232,21 @@ def main():
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
+    parser.add_argument("--tls-key", help="and this PEM private key")
     args = parser.parse_args()
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     if args.protocol == "http":
-        serve_http(args.port, args.out)
+        serve_http(args.port, args.out, tls)
         return
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     service_grpc.add_ProfilesServiceServicer_to_server(Service(args.out), server)
-    port = server.add_insecure_port(f"127.0.0.1:{args.port}")
+    if tls:
+        with open(tls[0], "rb") as cert, open(tls[1], "rb") as key:
+            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+        port = server.add_secure_port(f"127.0.0.1:{args.port}", credentials)
+    else:
+        port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"listening on {port}", flush=True)
     server.wait_for_termination()

@@ -60,18 +60,28 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// `port` 0 picks any free port.
     pub fn start(protocol: &str, port: u16, out: &Path) -> Self {
+        Self::start_with(protocol, port, out, &[])
+    }
+
+    /// Serves TLS with the server certificate of `certificate` on a free port.
+    pub fn start_tls(protocol: &str, out: &Path, certificate: &TestCertificate) -> Self {
+        let cert = certificate.server_cert.to_str().unwrap();
+        let key = certificate.server_key.to_str().unwrap();
+        Self::start_with(protocol, 0, out, &["--tls-cert", cert, "--tls-key", key])
+    }
+
+    fn start_with(protocol: &str, port: u16, out: &Path, extra: &[&str]) -> Self {
         let port_arg = port.to_string();
-        let (process, port) = start_receiver(
-            "otlp_receiver.py",
-            &[
-                "--protocol",
-                protocol,
-                "--port",
-                &port_arg,
-                "--out",
-                out.to_str().unwrap(),
-            ],
-        );
+        let mut args = vec![
+            "--protocol",
+            protocol,
+            "--port",
+            &port_arg,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (process, port) = start_receiver("otlp_receiver.py", &args);
         Self {
             _process: process,
             port,
@@ -266,5 +276,85 @@ pub fn assert_contiguous(windows: &[(u64, u64)]) {
             gap.abs() < 20_000_000,
             "window at {next} does not follow the one at {start} (+{duration} ns): gap {gap} ns in {windows:?}"
         );
+    }
+}
+
+/// A throwaway CA and a server certificate it signed for `localhost` and
+/// 127.0.0.1, made with the `openssl` command.
+pub struct TestCertificate {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestCertificate {
+    pub fn create(dir: &Path) -> Self {
+        let path = |name: &str| dir.join(name);
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        std::fs::write(
+            path("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hearth test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        Self {
+            ca: path("ca.pem"),
+            server_cert: path("server.pem"),
+            server_key: path("server.key"),
+        }
     }
 }

@@ -132,10 +132,10 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
 /// Runs cargo with `args`, then `--` and `extra` when there are any.
 fn cargo_with(root: &Path, args: &[&str], extra: &[OsString]) -> anyhow::Result<()> {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command
-        .current_dir(root)
-        .args(args)
-        .env("PATH", setup::path_with_tools());
+    command.current_dir(root).args(args);
+    if let Some(path) = setup::path_with_cargo_bin() {
+        command.env("PATH", path);
+    }
     if !extra.is_empty() {
         command.arg("--").args(extra);
     }

@@ -68,8 +68,22 @@ fn install_pip_packages() -> anyhow::Result<()> {
     .context("installing the Python packages the tests use (python3 with pip is needed)")
 }
 
-/// PATH with cargo's bin directory and LLVM's tools first.
-pub fn path_with_tools() -> OsString {
+/// PATH with cargo's bin directory (where bpf-linker is) added, if it is
+/// missing; None when PATH already has it. Changing PATH needlessly would
+/// make cargo rebuild crates whose build scripts watch it.
+pub fn path_with_cargo_bin() -> Option<OsString> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let bin = cargo_bin_dir();
+    if std::env::split_paths(&path).any(|dir| dir == bin) {
+        return None;
+    }
+    let dirs = std::iter::once(bin).chain(std::env::split_paths(&path));
+    Some(std::env::join_paths(dirs).expect("PATH entries without ':'"))
+}
+
+/// PATH with cargo's bin directory and LLVM's tools first, for building
+/// bpf-linker.
+fn path_with_tools() -> OsString {
     let mut dirs = vec![
         cargo_bin_dir(),
         PathBuf::from(format!("/usr/lib/llvm-{LLVM_MAJOR}/bin")),
@@ -186,6 +200,14 @@ fn install_bpf_linker() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cargo_bin_is_added_only_when_missing() {
+        let with = path_with_cargo_bin().map(|p| std::env::split_paths(&p).next().unwrap());
+        if let Some(first) = with {
+            assert_eq!(first, cargo_bin_dir());
+        }
+    }
 
     #[test]
     fn tool_path_puts_cargo_and_llvm_first() {

@@ -223,11 +223,8 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     if config.limits.process_idle_windows == 0 {
         return Err(("limits.process_idle_windows", "must be at least 1".into()));
     }
-    if config.limits.symbol_cache_entries < 1024 {
-        return Err((
-            "limits.symbol_cache_entries",
-            "must be at least 1024".into(),
-        ));
+    if config.symbolize.cache_entries < 1024 {
+        return Err(("symbolize.cache_entries", "must be at least 1024".into()));
     }
     let web = |url: &url::Url| matches!(url.scheme(), "http" | "https");
     if let Some(otlp) = &config.otlp

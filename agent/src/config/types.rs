@@ -23,6 +23,7 @@ pub struct Config {
     /// Collect kernel stacks as well as user stacks.
     pub kernel_stacks: bool,
     pub limits: Limits,
+    pub symbolize: SymbolizeConfig,
     /// OTLP profiles export; off when absent.
     pub otlp: Option<OtlpConfig>,
     /// Grafana Pyroscope push export; off when absent.
@@ -42,6 +43,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             kernel_stacks: true,
             limits: Limits::default(),
+            symbolize: SymbolizeConfig::default(),
             otlp: None,
             pyroscope: None,
             queue: QueueConfig::default(),
@@ -62,8 +64,6 @@ pub struct Limits {
     pub ring_buffer_size: RingBufferSize,
     /// Most executable files held open for symbolization.
     pub max_open_objects: usize,
-    /// Most symbolized addresses cached; the cache is emptied when full.
-    pub symbol_cache_entries: usize,
     /// A process not sampled for this many export intervals is forgotten
     /// (its metadata and open files released).
     pub process_idle_windows: u32,
@@ -74,8 +74,28 @@ impl Default for Limits {
         Self {
             ring_buffer_size: RingBufferSize::Auto,
             max_open_objects: 1024,
-            symbol_cache_entries: 65_536,
             process_idle_windows: 6,
+        }
+    }
+}
+
+/// How addresses are named.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SymbolizeConfig {
+    /// Read DWARF debug information (file:line, inlined functions as frames,
+    /// separate debug files under /usr/lib/debug) as well as ELF symbols.
+    /// Costs memory in proportion to the profiled binaries' debug info.
+    pub debug_info: bool,
+    /// Symbolized addresses cached (about 160 bytes each).
+    pub cache_entries: usize,
+}
+
+impl Default for SymbolizeConfig {
+    fn default() -> Self {
+        Self {
+            debug_info: false,
+            cache_entries: crate::symbolize::DEFAULT_CACHE_ENTRIES,
         }
     }
 }

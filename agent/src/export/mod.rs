@@ -12,7 +12,7 @@ mod svg;
 use std::{io, path::Path};
 
 pub use folded::{folded_lines, write_folded};
-pub use pprof::{encode_pprof, write_pprof};
+pub use pprof::{encode_pprof, write_pprof, write_pprof_with};
 pub use svg::{SvgOptions, write_svg};
 
 use crate::profile::Profile;

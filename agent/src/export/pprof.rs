@@ -125,8 +125,18 @@ pub fn encode_pprof(profile: &Profile) -> pb::Profile {
 
 /// Writes the profile gzipped, as pprof files are stored.
 pub fn write_pprof(profile: &Profile, out: impl io::Write) -> io::Result<()> {
+    write_pprof_with(profile, Compression::default(), out)
+}
+
+/// Writes the profile gzipped at `level` (the agent uses the fastest: it
+/// compresses every window's profiles).
+pub fn write_pprof_with(
+    profile: &Profile,
+    level: Compression,
+    out: impl io::Write,
+) -> io::Result<()> {
     let bytes = encode_pprof(profile).encode_to_vec();
-    let mut gz = GzEncoder::new(out, Compression::default());
+    let mut gz = GzEncoder::new(out, level);
     io::Write::write_all(&mut gz, &bytes)?;
     gz.finish()?.flush()
 }

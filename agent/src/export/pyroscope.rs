@@ -9,7 +9,7 @@ use prost::Message;
 use super::{
     resource::ResourceGroup,
     send::{SendError, SetupError, http_client, post},
-    write_pprof,
+    write_pprof_with,
 };
 use crate::{config::PyroscopeConfig, profile::Profile};
 
@@ -44,7 +44,9 @@ pub fn labelled_profiles(profile: &Profile, groups: &[ResourceGroup]) -> Vec<Lab
                     .map(|(key, value)| (key.replace('.', "_"), value.to_string())),
             );
             let mut pprof = Vec::new();
-            write_pprof(&profile.subset(&group.samples), &mut pprof).expect("writing to memory");
+            let subset = profile.subset(&group.samples);
+            write_pprof_with(&subset, flate2::Compression::fast(), &mut pprof)
+                .expect("writing to memory");
             LabelledProfile {
                 labels,
                 pprof_gz: pprof.into(),

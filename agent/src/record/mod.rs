@@ -25,7 +25,7 @@ use crate::{
     preflight,
     probes::{CpuSampler, KernelCounters, SamplerSettings, check_frequency, online_cpu_count},
     profile::ProfileMeta,
-    symbolize::DEFAULT_CACHE_ENTRIES,
+    symbolize::Symbolizer,
 };
 use progress::Progress;
 
@@ -81,7 +81,8 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         sampler.trace_process(pid)?;
     }
     let mut ring = sampler.take_ring()?;
-    let mut pipeline = CpuPipeline::new(options.process_limits, DEFAULT_CACHE_ENTRIES);
+    // A recording is short-lived: it affords DWARF for lines and inlined frames.
+    let mut pipeline = CpuPipeline::new(options.process_limits, Symbolizer::default());
 
     let start_wall = SystemTime::now();
     let started = Instant::now();

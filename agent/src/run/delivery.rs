@@ -93,6 +93,11 @@ impl Outbox {
     }
 }
 
+/// Longest wait between attempts once shutdown has begun: the last window
+/// gets several tries within the shutdown deadline without hammering a
+/// backend that is down.
+const SHUTDOWN_RETRY: Duration = Duration::from_millis(500);
+
 /// Delivers `outbox` through `backend` until `closing` turns true and the
 /// queue is empty.
 pub async fn deliver(
@@ -164,8 +169,9 @@ pub async fn deliver(
                 }
                 step = (step * 2).min(backoff.max);
                 if *closing.borrow() {
-                    // Shutting down: try again at once until the deadline ends us.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Shutting down: keep trying, more often than the backoff
+                    // would, until the deadline ends us.
+                    tokio::time::sleep(wait.min(SHUTDOWN_RETRY)).await;
                 } else {
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}

@@ -28,6 +28,7 @@ use crate::{
     probes::{CpuSampler, SamplerSettings, check_frequency, online_cpu_count},
     process::ProcessLimits,
     retention::{ExportQueue, History, QueueLimits, Spool},
+    symbolize::Symbolizer,
     telemetry::{self, Telemetry, advance_to},
 };
 use delivery::{Backend, Backoff, Outbox, deliver};
@@ -158,7 +159,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_open_objects: config.limits.max_open_objects,
             ..ProcessLimits::default()
         },
-        config.limits.symbol_cache_entries,
+        Symbolizer::new(config.symbolize.cache_entries, config.symbolize.debug_info),
     );
     let namer = ResourceNamer::new(&config.service_name, ResourceNamer::system_host_name());
     let mut history = History::new(config.history.max_bytes.0, config.history.max_age);

@@ -53,6 +53,11 @@ impl<K: Hash + Eq + Clone, V> Generations<K, V> {
         self.cold.retain(|k, _| keep(k));
     }
 
+    /// The most entries held at once.
+    pub fn capacity(&self) -> usize {
+        self.per_generation * 2
+    }
+
     /// Entries in both generations.
     pub fn len(&self) -> usize {
         self.hot.len() + self.cold.len()

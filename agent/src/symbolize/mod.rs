@@ -46,6 +46,9 @@ type Frames = Box<[Frame]>;
 
 pub struct Symbolizer {
     blaze: blaze::Symbolizer,
+    blaze_since: std::time::Instant,
+    /// Read DWARF (and separate debug files) as well as ELF symbols.
+    debug_info: bool,
     strings: FxHashSet<Arc<str>>,
     user: Generations<(ObjectId, u64), Frames>,
     kernel: Generations<u64, Frames>,
@@ -58,7 +61,7 @@ pub const DEFAULT_CACHE_ENTRIES: usize = 65_536;
 
 impl Default for Symbolizer {
     fn default() -> Self {
-        Self::new(DEFAULT_CACHE_ENTRIES)
+        Self::new(DEFAULT_CACHE_ENTRIES, true)
     }
 }
 
@@ -67,13 +70,23 @@ fn new_blaze() -> blaze::Symbolizer {
         .enable_code_info(true)
         .enable_inlined_fns(true)
         .enable_demangling(true)
+        // Objects are identified by device and inode and read through held
+        // file descriptors, so re-checking paths buys nothing; and procfs
+        // files such as /proc/kallsyms look new on every stat, which made
+        // blazesym re-read all kernel symbols again and again.
+        .enable_auto_reload(false)
         .build()
 }
 
+/// How long kernel symbols (and blazesym's parsed files) are kept before
+/// being read afresh, so modules loaded since get named.
+pub const REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 impl Symbolizer {
-    /// A symbolizer caching at most `cache_entries` addresses: three
-    /// quarters for user code, a quarter for the kernel.
-    pub fn new(cache_entries: usize) -> Self {
+    /// A symbolizer caching at most `cache_entries` addresses (three
+    /// quarters for user code, a quarter for the kernel), reading DWARF
+    /// when `debug_info` is set.
+    pub fn new(cache_entries: usize, debug_info: bool) -> Self {
         let blaze = new_blaze();
         let mut strings = FxHashSet::default();
         let unknown = Box::new([Frame {
@@ -83,6 +96,8 @@ impl Symbolizer {
         }]);
         Self {
             blaze,
+            blaze_since: std::time::Instant::now(),
+            debug_info,
             strings,
             user: Generations::new(cache_entries / 4 * 3),
             kernel: Generations::new(cache_entries / 4),
@@ -114,9 +129,16 @@ impl Symbolizer {
         }
     }
 
-    /// Lets go of names no cached address uses any more.
+    /// Lets go of names no cached address uses any more, and every
+    /// [`REFRESH_INTERVAL`] of what blazesym has parsed (kernel symbols
+    /// included), so that it is read afresh.
     pub fn trim(&mut self) {
         self.strings.retain(|s| Arc::strong_count(s) > 1);
+        if self.blaze_since.elapsed() >= REFRESH_INTERVAL {
+            self.blaze = new_blaze();
+            self.blaze_since = std::time::Instant::now();
+            self.kernel = Generations::new(self.kernel.capacity());
+        }
     }
 
     /// Symbolizes every (object, file offset) pair not cached yet, one batch per object.
@@ -140,7 +162,9 @@ impl Symbolizer {
             let info = objects.get(object);
             let results = match info.readable_path() {
                 Some(path) => {
-                    let source = Source::Elf(Elf::new(path));
+                    let mut elf = Elf::new(path);
+                    elf.debug_syms = self.debug_info;
+                    let source = Source::Elf(elf);
                     self.blaze
                         .symbolize(&source, Input::FileOffset(&offsets))
                         .map_err(|err| {
@@ -189,7 +213,10 @@ impl Symbolizer {
         if missing.is_empty() {
             return;
         }
-        let source = Source::Kernel(Kernel::default());
+        let source = Source::Kernel(Kernel {
+            debug_syms: self.debug_info,
+            ..Kernel::default()
+        });
         let results = match self.blaze.symbolize(&source, Input::AbsAddr(&missing)) {
             Ok(results) => Some(results),
             Err(err) => {
