@@ -16,7 +16,7 @@ use hearth::{
         pyroscope::{encode_push, labelled_profiles},
         resource::ResourceNamer,
     },
-    pipeline::CpuPipeline,
+    pipeline::Pipeline,
     process::ProcessLimits,
     profile::{Profile, ProfileMeta},
     symbolize::Symbolizer,
@@ -34,11 +34,12 @@ fn gzip_len(bytes: &[u8]) -> usize {
 
 fn window(hz: u64) -> Profile {
     let samples = support::record(WINDOW_SECONDS, hz, true);
-    let mut pipeline = CpuPipeline::new(ProcessLimits::default(), Symbolizer::default());
+    let mut pipeline = Pipeline::new(ProcessLimits::default(), Symbolizer::default());
     for sample in &samples {
         pipeline.ingest(sample);
     }
     pipeline.profile(ProfileMeta {
+        event: hearth::event::Event::Cpu,
         period_ns: 1_000_000_000 / hz,
         start_unix_ns: 1,
         duration_ns: WINDOW_SECONDS * 1_000_000_000,

@@ -12,7 +12,7 @@ use std::{hint::black_box, sync::OnceLock, time::Duration};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hearth::{
     aggregate::StackTable,
-    pipeline::CpuPipeline,
+    pipeline::Pipeline,
     probes::RawSample,
     process::{ProcessLimits, ProcessTable},
     profile::{ProfileMeta, build_profile},
@@ -23,6 +23,7 @@ const RECORD_SECONDS: u64 = 3;
 const RECORD_HZ: u64 = 999;
 
 const META: ProfileMeta = ProfileMeta {
+    event: hearth::event::Event::Cpu,
     period_ns: 1_000_000_000 / RECORD_HZ,
     start_unix_ns: 0,
     duration_ns: RECORD_SECONDS * 1_000_000_000,
@@ -34,8 +35,8 @@ fn recorded_samples() -> &'static [Vec<u8>] {
     SAMPLES.get_or_init(|| support::record(RECORD_SECONDS, RECORD_HZ, false))
 }
 
-fn warm_pipeline(samples: &[Vec<u8>]) -> CpuPipeline {
-    let mut pipeline = CpuPipeline::new(ProcessLimits::default(), Symbolizer::default());
+fn warm_pipeline(samples: &[Vec<u8>]) -> Pipeline {
+    let mut pipeline = Pipeline::new(ProcessLimits::default(), Symbolizer::default());
     for sample in samples {
         pipeline.ingest(sample);
     }

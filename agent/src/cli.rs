@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     config::{ConfigFlag, ConfigSources, OtlpProtocol},
     export::OutputFormat,
+    event::Event,
     probes::RingBufferSize,
 };
 
@@ -37,6 +38,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
             sudo hearth record --duration 30s --output flame.svg\n  \
             sudo hearth record --pid 1234 --output cpu.pb.gz\n  \
+            sudo hearth record --event tx-bytes --event retransmits --output net.folded\n  \
             sudo hearth record --frequency 999 --output stacks.folded -- ./my-benchmark --fast")]
     Record(RecordArgs),
     /// Profile the whole machine continuously and export a profile per
@@ -62,6 +64,11 @@ pub struct RunArgs {
     /// Samples per second on each CPU [key: frequency, default 19].
     #[arg(short = 'F', long, value_name = "HZ")]
     pub frequency: Option<String>,
+
+    /// Profile to build (repeatable): cpu, tx-bytes, rx-bytes, retransmits,
+    /// resets, connect-latency, drops [key: events, default cpu].
+    #[arg(short, long = "event", value_name = "NAME")]
+    pub events: Vec<String>,
 
     /// How often profiles are built and exported [key: export_interval, default 10s].
     #[arg(long, value_name = "DURATION")]
@@ -116,6 +123,18 @@ impl RunArgs {
         flag("pyroscope.url", &self.pyroscope_url, "pyroscope-url");
         flag("metrics.listen", &self.metrics_listen, "metrics-listen");
         flag("spool.dir", &self.spool_dir, "spool-dir");
+        if !self.events.is_empty() {
+            flags.push(ConfigFlag {
+                path: vec!["events".into()],
+                value: yaml_serde::Value::Sequence(
+                    self.events
+                        .iter()
+                        .map(|e| yaml_serde::Value::String(e.clone()))
+                        .collect(),
+                ),
+                flag: "event",
+            });
+        }
         for header in &self.otlp_headers {
             let (name, value) = header
                 .split_once('=')
@@ -160,6 +179,12 @@ pub struct RecordArgs {
     /// (.svg, .pb.gz/.pprof, .folded/.txt), else svg.
     #[arg(short, long, value_enum)]
     pub format: Option<OutputFormat>,
+
+    /// What to profile (repeatable): cpu, tx-bytes, rx-bytes, retransmits,
+    /// resets, connect-latency, drops. With several, one file per event,
+    /// named <stem>.<event>.<ext> after --output.
+    #[arg(short, long = "event", value_name = "NAME", default_value = "cpu")]
+    pub events: Vec<Event>,
 
     /// Leave out kernel stacks.
     #[arg(long)]

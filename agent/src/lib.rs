@@ -10,7 +10,9 @@
 pub mod aggregate;
 pub mod cli;
 pub mod config;
+pub mod event;
 pub mod export;
+pub mod network;
 pub mod pipeline;
 pub mod preflight;
 pub mod probes;

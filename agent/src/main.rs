@@ -4,6 +4,7 @@ use clap::Parser as _;
 use hearth::{
     cli::{Cli, Command},
     config,
+    event::Event,
     record::{self, RecordOptions, RecordReport, StopReason},
     run,
 };
@@ -79,15 +80,22 @@ fn print_report(report: &RecordReport) {
         StopReason::CommandExited(status) => format!("the command exited, {status}"),
     };
     let k = &report.kernel;
-    eprintln!(
-        "hearth: wrote {} ({}): {} samples from {} processes, {} unique stacks, in {:.1} s ({why})",
-        report.output.display(),
-        report.format,
-        report.samples,
-        report.processes,
-        report.unique_stacks,
-        report.elapsed.as_secs_f64(),
-    );
+    for written in &report.outputs {
+        let what = match written.event {
+            Event::Cpu => format!(
+                "{} samples from {} processes, {} unique stacks",
+                report.samples, report.processes, report.unique_stacks
+            ),
+            event => format!("{} {}", written.total, event.unit_label()),
+        };
+        eprintln!(
+            "hearth: wrote {} ({}, {}): {what}, in {:.1} s ({why})",
+            written.path.display(),
+            written.event,
+            report.format,
+            report.elapsed.as_secs_f64(),
+        );
+    }
     tracing::info!(
         written = k.samples,
         ring_full = k.ring_full,
@@ -97,7 +105,15 @@ fn print_report(report: &RecordReport) {
         filter_full = k.filter_full,
         "kernel counters"
     );
-    if report.samples == 0 {
+    let n = &report.net;
+    if n.ring_full > 0 {
+        eprintln!(
+            "hearth: {} network events were lost because their ring buffer was full",
+            n.ring_full
+        );
+    }
+    let cpu_asked = report.outputs.iter().any(|w| w.event == Event::Cpu);
+    if cpu_asked && report.samples == 0 {
         eprintln!(
             "hearth: no samples were collected: nothing ran on a CPU while recording \
              (idle or sleeping processes are not sampled)"

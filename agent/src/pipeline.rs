@@ -1,11 +1,14 @@
-//! The CPU profile pipeline, one stage after another: ring records are
-//! decoded (probes), interned and counted (aggregate, resolving new stacks'
-//! addresses through process metadata), then symbolized and laid out as a
-//! profile on demand (symbolize, profile) for the exporters.
+//! The profile pipeline, one stage after another: ring records are decoded
+//! (probes), interned and counted (aggregate, and network for network
+//! events, resolving new stacks' addresses through process metadata), then
+//! symbolized and laid out as profiles on demand (symbolize, profile) for
+//! the exporters.
 
 use crate::{
     aggregate::StackTable,
-    probes::RawSample,
+    event::Event,
+    network::{NetAggregator, NetStats},
+    probes::{NetRecord, RawSample},
     process::{ProcessLimits, ProcessTable},
     profile::{Profile, ProfileMeta, build_profile},
     symbolize::{Symbolizer, SymbolizerStats},
@@ -17,27 +20,68 @@ pub struct WindowLimits {
     pub idle_windows: u32,
 }
 
-pub struct CpuPipeline {
+pub struct Pipeline {
     processes: ProcessTable,
     stacks: StackTable,
+    network: Option<NetAggregator>,
     symbolizer: Symbolizer,
     malformed: u64,
     /// Samples counted in windows already ended.
     earlier_samples: u64,
+    /// Network events counted in windows already ended.
+    earlier_network_events: u64,
 }
 
-impl CpuPipeline {
+impl Pipeline {
     pub fn new(limits: ProcessLimits, symbolizer: Symbolizer) -> Self {
         Self {
             processes: ProcessTable::new(limits),
             stacks: StackTable::new(),
+            network: None,
             symbolizer,
             malformed: 0,
             earlier_samples: 0,
+            earlier_network_events: 0,
         }
     }
 
-    /// Takes one ring-buffer record.
+    /// Also aggregates network events, through `network`.
+    pub fn with_network(mut self, network: NetAggregator) -> Self {
+        self.network = Some(network);
+        self
+    }
+
+    /// Takes one network ring record.
+    pub fn ingest_net(&mut self, record: &[u8]) {
+        let Some(network) = self.network.as_mut() else {
+            return;
+        };
+        match NetRecord::decode(record) {
+            Ok(event) => network.add(&event, record, &mut self.processes),
+            Err(err) => {
+                self.malformed += 1;
+                tracing::debug!(%err, "malformed network record");
+            }
+        }
+    }
+
+    /// Network events counted in the current window.
+    pub fn network_events(&self) -> u64 {
+        self.network.as_ref().map_or(0, NetAggregator::events_counted)
+    }
+
+    /// Network events counted since the pipeline was made.
+    pub fn total_network_events(&self) -> u64 {
+        self.earlier_network_events + self.network_events()
+    }
+
+    pub fn network_stats(&self) -> NetStats {
+        self.network
+            .as_ref()
+            .map_or_else(NetStats::default, NetAggregator::stats)
+    }
+
+    /// Takes one CPU ring-buffer record.
     pub fn ingest(&mut self, record: &[u8]) {
         match RawSample::decode(record) {
             Ok(sample) => self.stacks.add(&sample, &mut self.processes),
@@ -80,10 +124,30 @@ impl CpuPipeline {
         self.symbolizer.stats()
     }
 
-    /// Symbolizes what is needed and builds the profile of everything
+    /// Symbolizes what is needed and builds the CPU profile of everything
     /// counted in the current window.
     pub fn profile(&mut self, meta: ProfileMeta) -> Profile {
         build_profile(&self.stacks, &self.processes, &mut self.symbolizer, meta)
+    }
+
+    /// The profile of `event` in the current window (`meta.event` and
+    /// `meta.period_ns` are set here); `None` when the event is not aggregated.
+    pub fn event_profile(&mut self, event: Event, meta: ProfileMeta) -> Option<Profile> {
+        if event == Event::Cpu {
+            return Some(self.profile(ProfileMeta { event, ..meta }));
+        }
+        let table = self.network.as_ref()?.table(event)?;
+        let meta = ProfileMeta {
+            event,
+            period_ns: 1,
+            ..meta
+        };
+        Some(build_profile(
+            table,
+            &self.processes,
+            &mut self.symbolizer,
+            meta,
+        ))
     }
 
     /// Starts a new window (take its profile first): its stacks are
@@ -92,7 +156,11 @@ impl CpuPipeline {
     /// freed handed back to the kernel.
     pub fn end_window(&mut self, limits: &WindowLimits) {
         self.earlier_samples += self.stacks.samples();
+        self.earlier_network_events += self.network_events();
         self.stacks = StackTable::new();
+        if let Some(network) = self.network.as_mut() {
+            network.end_window();
+        }
         let forgotten = self.processes.end_window(limits.idle_windows);
         self.symbolizer.forget(&forgotten);
         self.symbolizer.trim();

@@ -23,7 +23,11 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{probes::KernelCounters, retention::Dropped};
+use crate::{
+    network::NetStats,
+    probes::{KernelCounters, NetCounters},
+    retention::Dropped,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -53,6 +57,8 @@ pub struct Telemetry {
     pub kernel_samples_lost: Family<ReasonLabel, Counter>,
     pub stack_errors: Family<ReasonLabel, Counter>,
     pub malformed_records: Counter,
+    pub network_events: Counter,
+    pub network_events_lost: Family<ReasonLabel, Counter>,
     pub windows: Counter,
     pub exported: Family<ExporterLabel, Counter>,
     pub failed: Family<ExporterLabel, Counter>,
@@ -95,6 +101,17 @@ impl Telemetry {
             "hearth_stack_walk_errors",
             "Samples kept without one of their stacks, by which walk failed",
             t.stack_errors.clone(),
+        );
+        r.register(
+            "hearth_network_events",
+            "Network events read from the kernel",
+            t.network_events.clone(),
+        );
+        r.register(
+            "hearth_network_events_lost",
+            "Network events lost (ring_full: the ring was full; connect_unmatched: \
+             a connect's start was not kept, so it has no latency)",
+            t.network_events_lost.clone(),
         );
         r.register(
             "hearth_malformed_records",
@@ -204,6 +221,16 @@ impl Telemetry {
         advance_to(&stack("kernel"), k.kernel_stack_errors);
         advance_to(&stack("user"), k.user_stack_errors);
         advance_to(&stack("task_read"), k.task_read_errors);
+    }
+
+    pub fn record_net(&self, k: &NetCounters, stats: &NetStats) {
+        let lost = |reason| {
+            self.network_events_lost
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        };
+        advance_to(&lost("ring_full"), k.ring_full);
+        advance_to(&lost("connect_unmatched"), stats.pending_connects_dropped);
     }
 
     pub fn record_dropped(&self, exporter: &'static str, dropped: Dropped) {

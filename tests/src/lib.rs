@@ -401,3 +401,100 @@ pub fn svg_frame_titles(svg: &Path) -> Vec<String> {
         .filter_map(|n| n.text().map(str::to_owned))
         .collect()
 }
+
+/// One sample as `go tool pprof -raw` prints it.
+#[derive(Debug, Default)]
+pub struct PprofSample {
+    pub value: i64,
+    /// Function names, leaf first (inlined functions included).
+    pub functions: Vec<String>,
+    /// Labels, numeric ones as their decimal text.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl PprofSample {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+}
+
+/// The samples of a pprof file, read by `go tool pprof -raw` (an
+/// independent reader), with their functions and labels.
+pub fn pprof_samples(profile: &Path) -> Vec<PprofSample> {
+    let text = go_pprof(&["-raw", profile.to_str().unwrap()]);
+    let mut samples: Vec<(PprofSample, Vec<u64>)> = Vec::new();
+    let mut locations: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut section = "";
+    let mut last_location = 0;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            // Headers; the sample types' line inside "Samples:" is not one.
+            match line {
+                "Samples:" => section = "Samples",
+                "Locations" => section = "Locations",
+                _ if line.starts_with("Mappings") => section = "Mappings",
+                _ => {}
+            }
+            continue;
+        }
+        let trimmed = line.trim();
+        match section {
+            "Samples" => {
+                if let Some((value, ids)) = trimmed
+                    .split_once(':')
+                    .filter(|(v, _)| v.chars().all(|c| c.is_ascii_digit()))
+                {
+                    let ids = ids.split_whitespace().map(|i| i.parse().unwrap()).collect();
+                    let sample = PprofSample {
+                        value: value.parse().unwrap(),
+                        ..PprofSample::default()
+                    };
+                    samples.push((sample, ids));
+                } else if let Some((sample, _)) = samples.last_mut() {
+                    // key:[value] pairs; values may hold spaces only inside brackets.
+                    for pair in trimmed.split("] ") {
+                        if let Some((key, value)) = pair.split_once(":[") {
+                            let value = value.trim_end_matches(']');
+                            sample.labels.insert(key.to_owned(), value.to_owned());
+                        }
+                    }
+                }
+            }
+            "Locations" => {
+                // "  7: 0xADDR M=1 name file:line s=0", then one line per
+                // further (inlining) function: "        name file:line s=0".
+                let (id, rest) = match trimmed.split_once(": ") {
+                    Some((id, rest)) if id.chars().all(|c| c.is_ascii_digit()) => {
+                        (id.parse().unwrap(), rest)
+                    }
+                    _ => (last_location, trimmed),
+                };
+                last_location = id;
+                let mut words = rest.split_whitespace().peekable();
+                while words
+                    .peek()
+                    .is_some_and(|w| w.starts_with("0x") || w.starts_with("M="))
+                {
+                    words.next();
+                }
+                // Names may hold spaces ("[drop: NETFILTER_DROP]"); the file
+                // and the `s=` column end them.
+                let words: Vec<&str> = words.collect();
+                let end = words.len().saturating_sub(2);
+                let name = words[..end.max(1).min(words.len())].join(" ");
+                locations.entry(id).or_default().push(name);
+            }
+            _ => {}
+        }
+    }
+    samples
+        .into_iter()
+        .map(|(mut sample, ids)| {
+            sample.functions = ids
+                .iter()
+                .flat_map(|id| locations.get(id).cloned().unwrap_or_default())
+                .collect();
+            sample
+        })
+        .collect()
+}

@@ -2,6 +2,7 @@
 //! the README's commands work on a fresh machine.
 
 mod setup;
+mod netbench;
 mod soak;
 
 use std::{
@@ -47,6 +48,19 @@ enum Task {
         /// Sampling rates to run at (repeatable).
         #[arg(long = "frequency", default_values_t = [19, 99])]
         frequencies: Vec<u64>,
+    },
+    /// Measure loopback TCP throughput with the network events off and on,
+    /// alternating in one run, and report the slowdown (as root).
+    NetOverhead {
+        /// Rounds of off/on (the order alternates each round).
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Transfers per condition in each round.
+        #[arg(long, default_value_t = 3)]
+        transfers: usize,
+        /// Bytes per transfer.
+        #[arg(long, default_value_t = 2_000_000_000)]
+        bytes: u64,
     },
     /// Set up, build the agent in release mode and run it, e.g.
     /// `cargo xtask run -- record --duration 10s --output flame.svg`.
@@ -100,6 +114,21 @@ fn main() -> anyhow::Result<()> {
             cargo(&root, &["build", "--release", "-p", "hearth"])?;
             let results = soak::run(&root, minutes, &frequencies)?;
             soak::print(&results);
+            Ok(())
+        }
+        Task::NetOverhead {
+            rounds,
+            transfers,
+            bytes,
+        } => {
+            setup::run()?;
+            cargo(&root, &["build", "--release", "-p", "hearth"])?;
+            let settings = netbench::Settings {
+                rounds,
+                transfers_per_round: transfers,
+                bytes,
+            };
+            netbench::run(&root, &settings)?.print();
             Ok(())
         }
         Task::Run { args } => {

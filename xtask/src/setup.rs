@@ -30,6 +30,10 @@ const APT_PACKAGES: &[&str] = &[
     "golang-go",
     "python3",
     "python3-pip",
+    // Network event tests: namespaces, veth links and a lossy firewall rule.
+    "iproute2",
+    "nftables",
+    "openssl",
 ];
 
 /// PyPI packages the tests use as independent references: the official

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hearth::probes::{CpuSampler, RawSample, SamplerSettings};
+use hearth::probes::{Probes, RawSample, ProbeSettings};
 
 /// Recurses to `depth`, then spins; many depths give many distinct stacks.
 #[inline(never)]
@@ -98,7 +98,11 @@ pub fn record(seconds: u64, hz: u64, busy: bool) -> Vec<Vec<u8>> {
         .build()
         .unwrap();
     let samples = runtime.block_on(async {
-        let mut sampler = CpuSampler::load(&SamplerSettings {
+        let mut sampler = Probes::load(&ProbeSettings {
+            cpu: true,
+            network: None,
+            // The burner threads of this process are what is measured.
+            ignore_own_process: false,
             frequency_hz: hz,
             kernel_stacks: true,
             filter_processes: false,

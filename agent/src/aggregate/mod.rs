@@ -15,6 +15,21 @@ use crate::{
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct ThreadNameId(pub u32);
 
+/// A label value of an [`EventTag`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TagValue {
+    Text(String),
+    Num(i64),
+}
+
+/// What an event adds to its stack beyond the frames: labels (peer
+/// address and port...) and possibly a frame below the leaf (a drop reason).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventTag {
+    pub labels: Vec<(&'static str, TagValue)>,
+    pub leaf: Option<String>,
+}
+
 /// A unique stack and how often it was sampled.
 #[derive(Debug)]
 pub struct Stack {
@@ -24,7 +39,9 @@ pub struct Stack {
     pub kernel: Box<[u64]>,
     /// User frames, innermost first; callers adjusted to their call site.
     pub user: Box<[UserFrame]>,
+    /// Samples, or the events' summed value (bytes, nanoseconds...).
     pub count: u64,
+    pub tag: Option<Box<EventTag>>,
 }
 
 #[derive(Default)]
@@ -55,6 +72,19 @@ impl StackTable {
 
     /// Counts one sample.
     pub fn add(&mut self, sample: &RawSample<'_>, processes: &mut ProcessTable) {
+        self.add_event(sample, processes, 1, &[], EventTag::default);
+    }
+
+    /// Adds `value` to the stack of `sample` tagged `tag_key`; `tag` makes
+    /// the tag the key stands for, once, when the pair is new.
+    pub fn add_event(
+        &mut self,
+        sample: &RawSample<'_>,
+        processes: &mut ProcessTable,
+        value: u64,
+        tag_key: &[u64],
+        tag: impl FnOnce() -> EventTag,
+    ) {
         self.samples += 1;
         let header = &sample.header;
         self.first_ns.get_or_insert(header.timestamp_ns);
@@ -69,15 +99,23 @@ impl StackTable {
         key.push(sample.kernel_stack().len() as u64);
         key.extend(sample.kernel_stack());
         key.extend(sample.user_stack());
+        key.extend_from_slice(tag_key);
         if let Some(&index) = self.index.get(key.as_slice()) {
-            self.stacks[index as usize].count += 1;
+            self.stacks[index as usize].count += value;
             return;
         }
-        self.insert_new(sample, processes);
+        let tag = (!tag_key.is_empty()).then(|| Box::new(tag()));
+        self.insert_new(sample, processes, value, tag);
     }
 
     #[cold]
-    fn insert_new(&mut self, sample: &RawSample<'_>, processes: &mut ProcessTable) {
+    fn insert_new(
+        &mut self,
+        sample: &RawSample<'_>,
+        processes: &mut ProcessTable,
+        value: u64,
+        tag: Option<Box<EventTag>>,
+    ) {
         let header = &sample.header;
         let thread_name = sample.comm_str();
         let process = processes.observe(
@@ -113,7 +151,8 @@ impl StackTable {
             thread,
             kernel,
             user,
-            count: 1,
+            count: value,
+            tag,
         });
         self.index.insert(self.key.as_slice().into(), index);
     }
@@ -126,7 +165,7 @@ impl StackTable {
         &self.thread_names[id.0 as usize]
     }
 
-    /// Samples counted so far.
+    /// Samples (or events) counted so far.
     pub fn samples(&self) -> u64 {
         self.samples
     }

@@ -223,6 +223,15 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     if config.limits.process_idle_windows == 0 {
         return Err(("limits.process_idle_windows", "must be at least 1".into()));
     }
+    if config.events.is_empty() {
+        return Err(("events", "name at least one event, e.g. [cpu]".into()));
+    }
+    if let Err(problem) = crate::probes::check_ring_buffer_size(config.network.ring_buffer) {
+        return Err(("network.ring_buffer", problem));
+    }
+    if config.network.socket_owners == 0 {
+        return Err(("network.socket_owners", "must be at least 1".into()));
+    }
     if config.symbolize.cache_entries < 1024 {
         return Err(("symbolize.cache_entries", "must be at least 1024".into()));
     }

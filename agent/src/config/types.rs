@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 
-use crate::{probes::RingBufferSize, units::ByteSize};
+use crate::{event::Event, network, probes::RingBufferSize, units::ByteSize};
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +22,11 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Collect kernel stacks as well as user stacks.
     pub kernel_stacks: bool,
+    /// Profiles built every interval: cpu, tx-bytes, rx-bytes, retransmits,
+    /// resets, connect-latency, drops. A list, or names separated by commas.
+    #[serde(deserialize_with = "event_list")]
+    pub events: Vec<Event>,
+    pub network: NetworkConfig,
     pub limits: Limits,
     pub symbolize: SymbolizeConfig,
     /// OTLP profiles export; off when absent.
@@ -42,6 +47,8 @@ impl Default for Config {
             export_interval: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             kernel_stacks: true,
+            events: vec![Event::Cpu],
+            network: NetworkConfig::default(),
             limits: Limits::default(),
             symbolize: SymbolizeConfig::default(),
             otlp: None,
@@ -51,6 +58,55 @@ impl Default for Config {
             history: HistoryConfig::default(),
             metrics: MetricsConfig::default(),
             service_name: ServiceNameConfig::default(),
+        }
+    }
+}
+
+/// `[cpu, tx-bytes]` or `"cpu,tx-bytes"` (as an environment variable gives it).
+fn event_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Event>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Names(Vec<String>),
+        Text(String),
+    }
+    let names = match List::deserialize(deserializer)? {
+        List::Names(names) => names,
+        List::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    let mut events = Vec::new();
+    for name in names {
+        let event: Event = name.parse().map_err(serde::de::Error::custom)?;
+        if !events.contains(&event) {
+            events.push(event);
+        }
+    }
+    Ok(events)
+}
+
+/// Network events (when any is in `events`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// The network event ring shared by all CPUs: a power of two of at
+    /// least a page. Events that find it full are dropped and counted.
+    pub ring_buffer: ByteSize,
+    /// Sockets whose owning process the kernel remembers, so retransmits,
+    /// resets and drops (which fire outside the process) are attributed to it.
+    pub socket_owners: u32,
+    /// Connects waiting for their handshake to end; more are not timed.
+    pub max_pending_connects: usize,
+    /// Collect the user stack of each send, receive and connect.
+    pub user_stacks: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            ring_buffer: ByteSize(u64::from(network::DEFAULT_RING_BYTES)),
+            socket_owners: network::DEFAULT_SOCKET_OWNERS,
+            max_pending_connects: network::DEFAULT_PENDING_CONNECTS,
+            user_stacks: true,
         }
     }
 }

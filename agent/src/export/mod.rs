@@ -115,6 +115,7 @@ pub(crate) mod fixtures {
         let f = |name: u32, file: u32| Function { name, file };
         let line = |function: u32, line: u32| Line { function, line };
         Profile {
+            event: crate::event::Event::Cpu,
             period_ns: 10_101_010,
             start_unix_ns: 1_700_000_000_000_000_000,
             duration_ns: 2_000_000_000,
@@ -180,15 +181,43 @@ pub(crate) mod fixtures {
                     count: 3,
                     process: 0,
                     thread_name: 10,
+                    labels: vec![],
                 },
                 Sample {
                     locations: vec![2, 0],
                     count: 1,
                     process: 1,
                     thread_name: 1,
+                    labels: vec![],
                 },
             ],
         }
+    }
+
+    /// `small_profile` as a `tx-bytes` profile whose first sample carries
+    /// peer labels.
+    pub fn small_network_profile() -> Profile {
+        use crate::profile::{Label, LabelValue};
+        let mut profile = small_profile();
+        profile.event = crate::event::Event::TxBytes;
+        profile.period_ns = 1;
+        profile.strings.push("network.peer.address".into());
+        profile.strings.push("10.0.0.2".into());
+        profile.strings.push("network.peer.port".into());
+        let id = |text: &str| profile.strings.iter().position(|s| s == text).unwrap() as u32;
+        let labels = vec![
+            Label {
+                key: id("network.peer.address"),
+                value: LabelValue::Str(id("10.0.0.2")),
+            },
+            Label {
+                key: id("network.peer.port"),
+                value: LabelValue::Num(8080),
+            },
+        ];
+        profile.samples[0].labels = labels;
+        profile.samples[0].count = 1500;
+        profile
     }
 }
 

@@ -1,18 +1,24 @@
 //! pprof (google/pprof `profile.proto`, types generated from `proto/`):
-//! sample and period type `cpu`/`nanoseconds`, value = count × period,
-//! pid and thread name as labels, build ids on mappings.
+//! for CPU, sample and period type `cpu`/`nanoseconds`, value = count ×
+//! period; for network events the event's own type and unit (`tx_bytes`/
+//! `bytes`...), period 1. pid, thread name and the event's labels (peer,
+//! ports, reason) as labels, build ids on mappings.
 
 use std::io;
 
 use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 
-use crate::{pprof_proto as pb, profile::Profile};
+use crate::{
+    event::Event,
+    pprof_proto as pb,
+    profile::{LabelValue, Profile},
+};
 
 /// Strings the encoder adds to the profile's own table.
 struct Extra {
-    cpu: i64,
-    nanoseconds: i64,
+    kind: i64,
+    unit: i64,
     pid: i64,
     thread_name: i64,
     process_name: i64,
@@ -24,21 +30,25 @@ pub fn encode_pprof(profile: &Profile) -> pb::Profile {
         string_table.push(s.to_owned());
         string_table.len() as i64 - 1
     };
+    let (kind, unit) = match profile.event {
+        Event::Cpu => ("cpu", "nanoseconds"),
+        event => event.sample_type(),
+    };
     let extra = Extra {
-        cpu: add("cpu"),
-        nanoseconds: add("nanoseconds"),
+        kind: add(kind),
+        unit: add(unit),
         pid: add("pid"),
         thread_name: add("thread_name"),
         process_name: add("process_name"),
     };
-    let cpu_ns = || pb::ValueType {
-        r#type: extra.cpu,
-        unit: extra.nanoseconds,
+    let value_type = || pb::ValueType {
+        r#type: extra.kind,
+        unit: extra.unit,
     };
-    let period = profile.period_ns as i64;
+    let period = profile.period_ns.max(1) as i64;
     pb::Profile {
-        sample_type: vec![cpu_ns()],
-        period_type: Some(cpu_ns()),
+        sample_type: vec![value_type()],
+        period_type: Some(value_type()),
         period,
         time_nanos: profile.start_unix_ns as i64,
         duration_nanos: profile.duration_ns as i64,
@@ -95,10 +105,22 @@ pub fn encode_pprof(profile: &Profile) -> pb::Profile {
             .iter()
             .map(|s| {
                 let process = profile.process(s);
+                let own = s.labels.iter().map(|label| match label.value {
+                    LabelValue::Str(text) => pb::Label {
+                        key: i64::from(label.key),
+                        str: i64::from(text),
+                        ..Default::default()
+                    },
+                    LabelValue::Num(num) => pb::Label {
+                        key: i64::from(label.key),
+                        num,
+                        ..Default::default()
+                    },
+                });
                 pb::Sample {
                     location_id: s.locations.iter().map(|&l| u64::from(l) + 1).collect(),
                     value: vec![s.count as i64 * period],
-                    label: vec![
+                    label: [
                         pb::Label {
                             key: extra.pid,
                             num: i64::from(process.pid),
@@ -114,7 +136,10 @@ pub fn encode_pprof(profile: &Profile) -> pb::Profile {
                             str: i64::from(process.name),
                             ..Default::default()
                         },
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(own)
+                    .collect(),
                 }
             })
             .collect(),
@@ -151,8 +176,12 @@ mod tests {
     use crate::export::fixtures::small_profile;
 
     fn decoded() -> pb::Profile {
+        decode(&small_profile())
+    }
+
+    fn decode(profile: &Profile) -> pb::Profile {
         let mut gz = Vec::new();
-        write_pprof(&small_profile(), &mut gz).unwrap();
+        write_pprof(profile, &mut gz).unwrap();
         let mut raw = Vec::new();
         GzDecoder::new(gz.as_slice()).read_to_end(&mut raw).unwrap();
         pb::Profile::decode(raw.as_slice()).unwrap()
@@ -160,6 +189,25 @@ mod tests {
 
     fn str(p: &pb::Profile, index: i64) -> &str {
         &p.string_table[index as usize]
+    }
+
+    #[test]
+    fn network_profiles_carry_their_unit_and_labels() {
+        let p = decode(&crate::export::fixtures::small_network_profile());
+        let t = &p.sample_type[0];
+        assert_eq!((str(&p, t.r#type), str(&p, t.unit)), ("tx_bytes", "bytes"));
+        assert_eq!(p.period, 1);
+        let sample = &p.sample[0];
+        assert_eq!(sample.value, [1500], "bytes, not multiplied by a period");
+        let label = |key: &str| {
+            sample
+                .label
+                .iter()
+                .find(|l| str(&p, l.key) == key)
+                .unwrap_or_else(|| panic!("no {key} label"))
+        };
+        assert_eq!(str(&p, label("network.peer.address").str), "10.0.0.2");
+        assert_eq!(label("network.peer.port").num, 8080);
     }
 
     #[test]

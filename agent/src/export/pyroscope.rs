@@ -21,8 +21,6 @@ pub mod proto {
 
 /// Where the push API lives under Pyroscope's base URL.
 pub const PUSH_PATH: &str = "push.v1.PusherService/Push";
-/// Pyroscope's profile type for CPU samples in pprof's cpu/nanoseconds.
-pub const PROFILE_NAME: &str = "process_cpu";
 
 /// One resource's profile as a gzipped pprof, with its Pyroscope labels.
 #[derive(Clone, Debug)]
@@ -36,7 +34,10 @@ pub fn labelled_profiles(profile: &Profile, groups: &[ResourceGroup]) -> Vec<Lab
     groups
         .iter()
         .map(|group| {
-            let mut labels = vec![("__name__".to_owned(), PROFILE_NAME.to_owned())];
+            // `process_cpu` for CPU (Pyroscope's name for cpu/nanoseconds
+            // pprof); `network_tx_bytes` and so on for network events.
+            let name = profile.event.series_name().to_owned();
+            let mut labels = vec![("__name__".to_owned(), name)];
             labels.extend(
                 group
                     .attributes

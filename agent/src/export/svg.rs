@@ -22,7 +22,7 @@ pub fn write_svg(profile: &Profile, options: &SvgOptions, out: impl io::Write) -
     let mut inferno = flamegraph::Options::default();
     inferno.title = options.title.clone();
     inferno.subtitle = options.subtitle.clone();
-    inferno.count_name = "samples".into();
+    inferno.count_name = profile.event.unit_label().into();
     // The "java" palette colours `_[k]` kernel frames apart from user code.
     inferno.colors = Palette::Multi(MultiPalette::Java);
     inferno.deterministic = true;

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use btf_rs::{Btf, Type};
-use hearth_common::TaskOffsets;
+use hearth_common::{TaskOffsets, net::SockOffsets};
+use rustc_hash::FxHashMap;
 
 /// Where the kernel publishes its own type information.
 pub const KERNEL_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -39,6 +40,52 @@ pub fn task_offsets(path: &Path) -> Result<TaskOffsets, BtfError> {
         self_exec_id: offset("self_exec_id")?,
         _pad: 0,
     })
+}
+
+/// Reads the `sock`, `sk_buff` and `tcp_skb_cb` offsets the network
+/// programs need from BTF at `path`.
+pub fn sock_offsets(path: &Path) -> Result<SockOffsets, BtfError> {
+    let btf = load(path)?;
+    // `struct sock` starts with `struct sock_common __sk_common`.
+    let common = member_offset(&btf, "sock", "__sk_common")?;
+    let field = |name: &str| member_offset(&btf, "sock_common", name).map(|o| common + o);
+    Ok(SockOffsets {
+        family: field("skc_family")?,
+        local_port: field("skc_num")?,
+        remote_port: field("skc_dport")?,
+        local_v4: field("skc_rcv_saddr")?,
+        remote_v4: field("skc_daddr")?,
+        local_v6: field("skc_v6_rcv_saddr")?,
+        remote_v6: field("skc_v6_daddr")?,
+        skb_sk: member_offset(&btf, "sk_buff", "sk")?,
+        skb_gso_segs: member_offset(&btf, "sk_buff", "cb")?
+            + member_offset(&btf, "tcp_skb_cb", "tcp_gso_segs")?,
+        _pad: 0,
+    })
+}
+
+/// Names of the values of `enum name` with `prefix` taken off
+/// (`SKB_DROP_REASON_NETFILTER_DROP` → `NETFILTER_DROP`); empty when the
+/// kernel has no such enum.
+pub fn enum_names(path: &Path, name: &str, prefix: &str) -> FxHashMap<u32, String> {
+    let Ok(btf) = load(path) else {
+        return FxHashMap::default();
+    };
+    let Ok(types) = btf.resolve_types_by_name(name) else {
+        return FxHashMap::default();
+    };
+    let mut names = FxHashMap::default();
+    for ty in types {
+        if let Type::Enum(e) = ty {
+            for member in &e.members {
+                if let Ok(text) = btf.resolve_name(member) {
+                    let short = text.strip_prefix(prefix).unwrap_or(&text);
+                    names.insert(member.val(), short.to_owned());
+                }
+            }
+        }
+    }
+    names
 }
 
 fn load(path: &Path) -> Result<Btf, BtfError> {
@@ -116,6 +163,19 @@ mod tests {
             task_offsets(file.path()),
             Err(BtfError::Unreadable { .. })
         ));
+    }
+
+    #[test]
+    fn running_kernel_socket_offsets_and_drop_reasons() {
+        let path = Path::new(KERNEL_BTF_PATH);
+        let offsets = sock_offsets(path).unwrap();
+        // sock_common begins with the address pair, then the port pair.
+        assert_eq!(offsets.remote_v4, 0);
+        assert_eq!(offsets.local_v4, 4);
+        assert_eq!(offsets.local_port, offsets.remote_port + 2);
+        assert!(offsets.skb_sk > 0 && offsets.skb_gso_segs > offsets.skb_sk);
+        let reasons = enum_names(path, "skb_drop_reason", "SKB_DROP_REASON_");
+        assert!(reasons.values().any(|r| r == "NETFILTER_DROP"), "{reasons:?}");
     }
 
     #[test]

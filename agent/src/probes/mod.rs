@@ -2,6 +2,7 @@
 //! ring buffer they write samples to. First stage of the data's way.
 
 pub mod btf;
+mod net;
 mod ring;
 mod sample;
 
@@ -12,16 +13,21 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         PerfEvent, ProgramError, RawTracePoint,
+        raw_trace_point::RawTracePointLinkId,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
     },
     util::online_cpus,
 };
-use hearth_common::{Counter, SamplerConfig};
+use hearth_common::{
+    Counter, SamplerConfig,
+    net::{NetConfig, NetCounter, NetEventKind},
+};
 
 use crate::units::ByteSize;
 
+pub use net::{NetCounters, NetRecord, NetSettings, encode as encode_net_record};
 pub use ring::SampleRing;
 pub use sample::{RawSample, SampleDecodeError, comm_to_str, encode as encode_sample};
 
@@ -31,15 +37,41 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const SAMPLES_RING: &str = "CPU_SAMPLES";
 const TGID_FILTER: &str = "TGID_FILTER";
 const COUNTERS: &str = "COUNTERS";
+const NET_RING: &str = "NET_EVENTS";
+const NET_COUNTERS: &str = "NET_COUNTERS";
+const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
 
-/// How the CPU sampler is set up at load time.
+/// The network programs, their tracepoints, and the kinds that need them
+/// (empty: always attached when any network event is wanted, because they
+/// learn which process owns a socket).
+const NET_PROGRAMS: [(&str, &str, Option<NetEventKind>); 7] = [
+    ("net_send", "sock_send_length", None),
+    ("net_recv", "sock_recv_length", None),
+    ("net_state", "inet_sock_set_state", None),
+    (
+        "net_retransmit",
+        "tcp_retransmit_skb",
+        Some(NetEventKind::Retransmit),
+    ),
+    ("net_send_reset", "tcp_send_reset", Some(NetEventKind::ResetSent)),
+    (
+        "net_receive_reset",
+        "tcp_receive_reset",
+        Some(NetEventKind::ResetReceived),
+    ),
+    ("net_drop", "kfree_skb", Some(NetEventKind::Drop)),
+];
+
+/// How the probes are set up at load time.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SamplerSettings {
+pub struct ProbeSettings {
+    /// Sample CPU stacks (off when only network events are wanted).
+    pub cpu: bool,
     /// Samples per second on each CPU.
     pub frequency_hz: u64,
     /// Collect kernel stacks as well as user stacks.
     pub kernel_stacks: bool,
-    /// Sample only processes added with [`CpuSampler::trace_process`] and
+    /// Sample only processes added with [`Probes::trace_process`] and
     /// their descendants (otherwise: every process on the machine).
     pub filter_processes: bool,
     /// Bytes of the sample ring buffer shared by all CPUs (a power of two,
@@ -47,6 +79,11 @@ pub struct SamplerSettings {
     pub ring_buffer_bytes: u32,
     /// Most processes the filter can hold (traced processes and their descendants).
     pub filter_capacity: u32,
+    /// Network events, when any are wanted.
+    pub network: Option<NetSettings>,
+    /// Leave the agent's own process out (always, except in benchmarks
+    /// that measure the pipeline on their own threads).
+    pub ignore_own_process: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,39 +263,93 @@ impl KernelCounters {
     }
 }
 
-/// The loaded CPU sampler. Sampling runs between [`start`](Self::start) and
-/// [`stop`](Self::stop); dropping it unloads everything from the kernel.
-/// The agent's own process is never sampled: symbolizing itself would cost
-/// more than it shows, and its CPU and memory are in its metrics.
-pub struct CpuSampler {
+/// The loaded probes: the CPU sampler and the network programs. They run
+/// between [`start`](Self::start) and [`stop`](Self::stop); dropping this
+/// unloads everything from the kernel. The agent's own process is never
+/// sampled: symbolizing itself would cost more than it shows, and its CPU
+/// and memory are in its metrics.
+pub struct Probes {
     ebpf: Ebpf,
-    settings: SamplerSettings,
+    settings: ProbeSettings,
     links: Vec<PerfEventLinkId>,
+    net_links: Vec<(&'static str, RawTracePointLinkId)>,
 }
 
-impl CpuSampler {
+/// The network programs wake the agent once 1/WAKEUP_FRACTION of their
+/// ring is full; the agent drains it on a timer as well
+/// ([`NET_DRAIN_INTERVAL`]).
+const WAKEUP_FRACTION: u32 = 8;
+/// How often the agent drains the network ring without being woken.
+pub const NET_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The smallest ring the kernel takes, for a ring nothing writes to.
+const UNUSED_RING_BYTES: u32 = 4096;
+
+impl Probes {
     /// Loads the programs and maps; nothing is attached and nothing sampled yet.
-    pub fn load(settings: &SamplerSettings) -> Result<Self, ProbeError> {
-        let task = btf::task_offsets(Path::new(btf::KERNEL_BTF_PATH))?;
+    pub fn load(settings: &ProbeSettings) -> Result<Self, ProbeError> {
+        let btf_path = Path::new(btf::KERNEL_BTF_PATH);
+        let task = btf::task_offsets(btf_path)?;
         let config = SamplerConfig {
             task,
             filter_tgids: u8::from(settings.filter_processes),
             skip_kernel_stack: u8::from(!settings.kernel_stacks),
             _pad: [0; 2],
-            ignored_tgid: std::process::id(),
+            ignored_tgid: if settings.ignore_own_process {
+                std::process::id()
+            } else {
+                0
+            },
         };
+        let net_config = match &settings.network {
+            Some(net) => NetConfig {
+                sock: btf::sock_offsets(btf_path)?,
+                emit: net.emit.iter().fold(0, |mask, kind| mask | kind.bit()),
+                user_stacks: u32::from(net.user_stacks),
+                wakeup_bytes: (net.ring_buffer_bytes / WAKEUP_FRACTION).max(1),
+                _pad: 0,
+            },
+            None => NetConfig::default(),
+        };
+        let net = settings.network.as_ref();
         let mut ebpf = EbpfLoader::new()
             .override_global("SAMPLER_CONFIG", &config, true)
-            .map_max_entries(SAMPLES_RING, settings.ring_buffer_bytes)
+            .override_global("NET_CONFIG", &net_config, true)
+            .map_max_entries(
+                SAMPLES_RING,
+                if settings.cpu {
+                    settings.ring_buffer_bytes
+                } else {
+                    UNUSED_RING_BYTES
+                },
+            )
             .map_max_entries(TGID_FILTER, settings.filter_capacity)
+            .map_max_entries(
+                NET_RING,
+                net.map_or(UNUSED_RING_BYTES, |n| n.ring_buffer_bytes),
+            )
+            .map_max_entries(SOCKET_OWNERS, net.map_or(1, |n| n.socket_owners.max(1)))
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
 
-        let sampler: &mut PerfEvent = program(&mut ebpf, "cpu_sample")?;
-        sampler.load().map_err(|source| ProbeError::Program {
-            program: "cpu_sample",
-            source,
-        })?;
+        if settings.cpu {
+            let sampler: &mut PerfEvent = program(&mut ebpf, "cpu_sample")?;
+            sampler.load().map_err(|source| ProbeError::Program {
+                program: "cpu_sample",
+                source,
+            })?;
+        }
+        if let Some(net) = net {
+            for (name, _, kind) in NET_PROGRAMS {
+                if kind.is_none_or(|kind| net.emit.contains(&kind)) {
+                    let program: &mut RawTracePoint = program(&mut ebpf, name)?;
+                    program.load().map_err(|source| ProbeError::Program {
+                        program: name,
+                        source,
+                    })?;
+                }
+            }
+        }
         if settings.filter_processes {
             // Only needed to follow descendants; unfiltered sampling skips its cost.
             let fork: &mut RawTracePoint = program(&mut ebpf, "track_fork")?;
@@ -277,6 +368,7 @@ impl CpuSampler {
             ebpf,
             settings: settings.clone(),
             links: Vec::new(),
+            net_links: Vec::new(),
         })
     }
 
@@ -302,19 +394,47 @@ impl CpuSampler {
         HashMap::try_from(map).map_err(|source| map_error(TGID_FILTER, source))
     }
 
-    /// Hands out the sample ring; call once, before [`start`](Self::start).
+    /// Hands out the CPU sample ring; call once, before [`start`](Self::start).
     pub fn take_ring(&mut self) -> Result<SampleRing, ProbeError> {
+        self.take_ring_named(SAMPLES_RING)
+    }
+
+    /// Hands out the network event ring; call once, before [`start`](Self::start).
+    pub fn take_net_ring(&mut self) -> Result<SampleRing, ProbeError> {
+        self.take_ring_named(NET_RING)
+    }
+
+    fn take_ring_named(&mut self, name: &'static str) -> Result<SampleRing, ProbeError> {
         let map = self
             .ebpf
-            .take_map(SAMPLES_RING)
-            .ok_or(ProbeError::Missing(SAMPLES_RING))?;
+            .take_map(name)
+            .ok_or(ProbeError::Missing(name))?;
         let ring: RingBuf<MapData> =
-            RingBuf::try_from(map).map_err(|source| map_error(SAMPLES_RING, source))?;
+            RingBuf::try_from(map).map_err(|source| map_error(name, source))?;
         SampleRing::new(ring).map_err(ProbeError::Ring)
     }
 
-    /// Attaches the sampler to a software cpu-clock event on every online CPU.
+    /// Attaches the network programs to their tracepoints, and the CPU
+    /// sampler to a software cpu-clock event on every online CPU.
     pub fn start(&mut self) -> Result<(), ProbeError> {
+        if let Some(net) = &self.settings.network {
+            let emit = net.emit.clone();
+            for (name, tracepoint, kind) in NET_PROGRAMS {
+                if kind.is_none_or(|kind| emit.contains(&kind)) {
+                    let program: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+                    let link = program
+                        .attach(tracepoint)
+                        .map_err(|source| ProbeError::Program {
+                            program: name,
+                            source,
+                        })?;
+                    self.net_links.push((name, link));
+                }
+            }
+        }
+        if !self.settings.cpu {
+            return Ok(());
+        }
         let cpus = online_cpus().map_err(|(_, err)| ProbeError::Cpus(err))?;
         let frequency_hz = self.settings.frequency_hz;
         let sampler: &mut PerfEvent = program(&mut self.ebpf, "cpu_sample")?;
@@ -336,8 +456,18 @@ impl CpuSampler {
         Ok(())
     }
 
-    /// Detaches from every CPU; samples already in the ring stay readable.
+    /// Detaches everything; records already in the rings stay readable.
     pub fn stop(&mut self) -> Result<(), ProbeError> {
+        for (name, link) in std::mem::take(&mut self.net_links) {
+            let program: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+            program.detach(link).map_err(|source| ProbeError::Program {
+                program: name,
+                source,
+            })?;
+        }
+        if self.links.is_empty() {
+            return Ok(());
+        }
         let sampler: &mut PerfEvent = program(&mut self.ebpf, "cpu_sample")?;
         for link in self.links.drain(..) {
             sampler.detach(link).map_err(|source| ProbeError::Program {
@@ -362,6 +492,24 @@ impl CpuSampler {
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
         let mut totals = KernelCounters::default();
         for counter in Counter::ALL {
+            let per_cpu = array.get(&(counter as u32), 0).map_err(map_err)?;
+            totals.set(counter, per_cpu.iter().sum());
+        }
+        Ok(totals)
+    }
+}
+
+impl Probes {
+    /// The network programs' counters (all zero when none are loaded).
+    pub fn net_counters(&self) -> Result<NetCounters, ProbeError> {
+        let map_err = |source| map_error(NET_COUNTERS, source);
+        let map = self
+            .ebpf
+            .map(NET_COUNTERS)
+            .ok_or(ProbeError::Missing(NET_COUNTERS))?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
+        let mut totals = NetCounters::default();
+        for counter in NetCounter::ALL {
             let per_cpu = array.get(&(counter as u32), 0).map_err(map_err)?;
             totals.set(counter, per_cpu.iter().sum());
         }

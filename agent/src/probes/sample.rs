@@ -11,6 +11,8 @@ pub enum SampleDecodeError {
         "record claims {kernel} kernel and {user} user frames (at most {MAX_STACK_DEPTH} each)"
     )]
     BadDepth { kernel: u32, user: u32 },
+    #[error("network record of unknown kind {0}")]
+    BadKind(u16),
 }
 
 /// The header copied out, the stacks read in place.

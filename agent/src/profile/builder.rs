@@ -2,9 +2,12 @@
 
 use rustc_hash::FxHashMap;
 
-use super::{Function, Line, Location, Mapping, Process, Profile, Sample, StringId};
+use super::{
+    Function, Label, LabelValue, Line, Location, Mapping, Process, Profile, Sample, StringId,
+};
 use crate::{
-    aggregate::StackTable,
+    aggregate::{EventTag, StackTable, TagValue},
+    event::Event,
     process::{ProcessId, ProcessTable, UserFrame},
     symbolize::{Frame, Symbolizer},
 };
@@ -12,6 +15,7 @@ use crate::{
 /// What a profile covers, beyond its samples.
 #[derive(Clone, Copy, Debug)]
 pub struct ProfileMeta {
+    pub event: Event,
     pub period_ns: u64,
     pub start_unix_ns: u64,
     pub duration_ns: u64,
@@ -41,6 +45,7 @@ pub fn build_profile(
 
     let mut builder = Builder {
         profile: Profile {
+            event: meta.event,
             period_ns: meta.period_ns,
             start_unix_ns: meta.start_unix_ns,
             duration_ns: meta.duration_ns,
@@ -55,7 +60,11 @@ pub fn build_profile(
         kernel_mapping: None,
     };
     for stack in counted() {
-        let mut locations = Vec::with_capacity(stack.kernel.len() + stack.user.len());
+        let mut locations = Vec::with_capacity(stack.kernel.len() + stack.user.len() + 1);
+        let tag = stack.tag.as_deref();
+        if let Some(leaf) = tag.and_then(|t| t.leaf.as_deref()) {
+            locations.push(builder.named_location(leaf));
+        }
         for &address in stack.kernel.iter() {
             locations.push(builder.kernel_location(address, symbolizer.kernel(address)));
         }
@@ -64,11 +73,13 @@ pub fn build_profile(
         }
         let process = builder.process(stack.process, processes);
         let thread_name = builder.string(stacks.thread_name(stack.thread));
+        let labels = tag.map(|t| builder.labels(t)).unwrap_or_default();
         builder.profile.samples.push(Sample {
             locations,
             count: stack.count,
             process,
             thread_name,
+            labels,
         });
     }
     builder.finish()
@@ -78,6 +89,8 @@ pub fn build_profile(
 enum LocationKey {
     Kernel(u64),
     User(ProcessId, u64),
+    /// A frame that is a name, not code (a drop reason).
+    Named(StringId),
 }
 
 struct Builder {
@@ -176,6 +189,35 @@ impl Builder {
             mapping.limit = high.saturating_add(1);
         }
         self.profile
+    }
+
+    fn named_location(&mut self, name: &str) -> u32 {
+        let name = self.string(name);
+        self.push_location(LocationKey::Named(name), |b| {
+            let function = *b.functions.entry((name, 0)).or_insert_with(|| {
+                b.profile.functions.push(Function { name, file: 0 });
+                b.profile.functions.len() as u32 - 1
+            });
+            Location {
+                mapping: None,
+                address: 0,
+                lines: vec![Line { function, line: 0 }],
+                kernel: false,
+            }
+        })
+    }
+
+    fn labels(&mut self, tag: &EventTag) -> Vec<Label> {
+        tag.labels
+            .iter()
+            .map(|(key, value)| Label {
+                key: self.string(key),
+                value: match value {
+                    TagValue::Text(text) => LabelValue::Str(self.string(text)),
+                    TagValue::Num(n) => LabelValue::Num(*n),
+                },
+            })
+            .collect()
     }
 
     fn kernel_location(&mut self, address: u64, frames: &[Frame]) -> u32 {

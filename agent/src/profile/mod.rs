@@ -7,7 +7,7 @@ mod subset;
 
 pub use builder::{ProfileMeta, build_profile};
 
-use crate::process::ContainerRef;
+use crate::{event::Event, process::ContainerRef};
 
 /// Index into [`Profile::strings`]; 0 is always the empty string.
 pub type StringId = u32;
@@ -58,19 +58,39 @@ pub struct Process {
     pub container: Option<ContainerRef>,
 }
 
+/// A sample label's value: text or a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LabelValue {
+    Str(StringId),
+    Num(i64),
+}
+
+/// A per-sample label (peer address, port, drop reason...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Label {
+    pub key: StringId,
+    pub value: LabelValue,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sample {
     /// Indexes into [`Profile::locations`], leaf first.
     pub locations: Vec<u32>,
+    /// The value in the profile's unit: samples for CPU, bytes for
+    /// `tx-bytes`, nanoseconds for `connect-latency`, events otherwise.
     pub count: u64,
     /// Index into [`Profile::processes`].
     pub process: u32,
     pub thread_name: StringId,
+    pub labels: Vec<Label>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Profile {
-    /// Nanoseconds of CPU time one sample stands for (1e9 / Hz).
+    /// What the values measure.
+    pub event: Event,
+    /// Nanoseconds of CPU time one sample stands for (1e9 / Hz); 1 for
+    /// network events, whose values are already in their unit.
     pub period_ns: u64,
     /// Wall-clock start of the window, nanoseconds since the Unix epoch.
     pub start_unix_ns: u64,

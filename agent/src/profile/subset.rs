@@ -3,7 +3,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::{Line, Location, Profile, Sample, StringId};
+use super::{Label, LabelValue, Line, Location, Profile, Sample, StringId};
 
 impl Profile {
     /// The samples at `indexes`, with compacted tables.
@@ -11,6 +11,7 @@ impl Profile {
         let mut out = Subset {
             source: self,
             profile: Profile {
+                event: self.event,
                 period_ns: self.period_ns,
                 start_unix_ns: self.start_unix_ns,
                 duration_ns: self.duration_ns,
@@ -28,11 +29,23 @@ impl Profile {
             let locations = sample.locations.iter().map(|&l| out.location(l)).collect();
             let process = out.process(sample.process);
             let thread_name = out.string(sample.thread_name);
+            let labels = sample
+                .labels
+                .iter()
+                .map(|label| Label {
+                    key: out.string(label.key),
+                    value: match label.value {
+                        LabelValue::Str(id) => LabelValue::Str(out.string(id)),
+                        LabelValue::Num(n) => LabelValue::Num(n),
+                    },
+                })
+                .collect();
             out.profile.samples.push(Sample {
                 locations,
                 count: sample.count,
                 process,
                 thread_name,
+                labels,
             });
         }
         out.profile

@@ -20,11 +20,16 @@ pub use output::{OutputError, OutputFile};
 pub use targets::TargetError;
 
 use crate::{
+    event::Event,
     export::{self, OutputFormat, SvgOptions},
-    pipeline::CpuPipeline,
+    network::{self, NetAggregator, ReasonNames},
+    pipeline::Pipeline,
     preflight,
-    probes::{CpuSampler, KernelCounters, SamplerSettings, check_frequency, online_cpu_count},
-    profile::ProfileMeta,
+    probes::{
+        KernelCounters, NET_DRAIN_INTERVAL, NetCounters, NetSettings, ProbeSettings, Probes,
+        check_frequency, online_cpu_count,
+    },
+    profile::{Profile, ProfileMeta},
     symbolize::Symbolizer,
 };
 use progress::Progress;
@@ -41,23 +46,38 @@ pub enum StopReason {
     TargetsExited,
 }
 
+/// One file a recording wrote.
+#[derive(Debug)]
+pub struct Written {
+    pub event: Event,
+    pub path: PathBuf,
+    /// Sum of the profile's values, in the event's unit.
+    pub total: u64,
+}
+
 /// What a recording produced.
 #[derive(Debug)]
 pub struct RecordReport {
-    pub output: PathBuf,
+    pub outputs: Vec<Written>,
     pub format: OutputFormat,
     pub samples: u64,
+    pub network_events: u64,
     pub processes: usize,
     pub unique_stacks: usize,
     pub elapsed: Duration,
     pub stopped_by: StopReason,
     pub kernel: KernelCounters,
+    pub net: NetCounters,
 }
 
 pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
     // Everything that can be wrong with the request is checked before the
     // kernel is touched, so nothing is ever collected only to be lost.
-    let output = OutputFile::prepare(&options.output)?;
+    let outputs = options
+        .outputs
+        .iter()
+        .map(|(event, path)| Ok((*event, OutputFile::prepare(path)?)))
+        .collect::<Result<Vec<_>, OutputError>>()?;
     for &pid in &options.pids {
         targets::check_running(pid)?;
     }
@@ -67,7 +87,15 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
     }
     preflight::raise_resource_limits();
 
-    let mut sampler = CpuSampler::load(&SamplerSettings {
+    let network_events = options.network_events();
+    let network = (!network_events.is_empty()).then(|| NetSettings {
+        emit: network::kernel_kinds(&network_events),
+        ring_buffer_bytes: network::DEFAULT_RING_BYTES,
+        socket_owners: network::DEFAULT_SOCKET_OWNERS,
+        user_stacks: true,
+    });
+    let mut sampler = Probes::load(&ProbeSettings {
+        cpu: options.samples_cpu(),
         frequency_hz: options.frequency_hz,
         kernel_stacks: options.kernel_stacks,
         filter_processes: options.filters_processes(),
@@ -75,18 +103,28 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
             .ring_buffer_size
             .bytes(online_cpu_count(), options.frequency_hz),
         filter_capacity: options.max_traced_processes,
+        network,
+        ignore_own_process: true,
     })
-    .context("loading the CPU sampler")?;
+    .context("loading the probes")?;
     for &pid in &options.pids {
         sampler.trace_process(pid)?;
     }
     let mut ring = sampler.take_ring()?;
+    let mut net_ring = sampler.take_net_ring()?;
     // A recording is short-lived: it affords DWARF for lines and inlined frames.
-    let mut pipeline = CpuPipeline::new(options.process_limits, Symbolizer::default());
+    let mut pipeline = Pipeline::new(options.process_limits, Symbolizer::default());
+    if !network_events.is_empty() {
+        pipeline = pipeline.with_network(NetAggregator::new(
+            &network_events,
+            network::DEFAULT_PENDING_CONNECTS,
+            ReasonNames::from_kernel(),
+        ));
+    }
 
     let start_wall = SystemTime::now();
     let started = Instant::now();
-    sampler.start().context("starting the CPU sampler")?;
+    sampler.start().context("starting the probes")?;
     let mut child = if options.command.is_empty() {
         None
     } else {
@@ -119,11 +157,19 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut status = tokio::time::interval(STATUS_INTERVAL);
+        let mut net_drain = tokio::time::interval(NET_DRAIN_INTERVAL);
         loop {
             tokio::select! {
                 ready = ring.wait() => {
                     ready.context("waiting on the sample ring buffer")?;
                     ring.drain(|record| pipeline.ingest(record));
+                }
+                ready = net_ring.wait() => {
+                    ready.context("waiting on the network event ring buffer")?;
+                    net_ring.drain(|record| pipeline.ingest_net(record));
+                }
+                _ = net_drain.tick() => {
+                    net_ring.drain(|record| pipeline.ingest_net(record));
                 }
                 () = &mut deadline => break StopReason::DurationElapsed,
                 exit = &mut command_exit => {
@@ -133,49 +179,114 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
                 _ = interrupt.recv() => break StopReason::Interrupted,
                 _ = terminate.recv() => break StopReason::Interrupted,
                 _ = status.tick() => {
-                    let lost = sampler.counters().map(|c| c.ring_full).unwrap_or(0);
-                    progress.update(pipeline.samples(), lost);
+                    let lost = sampler.counters().map(|c| c.ring_full).unwrap_or(0)
+                        + sampler.net_counters().map(|c| c.ring_full).unwrap_or(0);
+                    progress.update(pipeline.samples() + pipeline.network_events(), lost);
                 }
             }
         }
     };
     let elapsed = started.elapsed();
-    sampler.stop().context("stopping the CPU sampler")?;
+    sampler.stop().context("stopping the probes")?;
     ring.drain(|record| pipeline.ingest(record));
+    net_ring.drain(|record| pipeline.ingest_net(record));
     let kernel = sampler.counters()?;
+    let net = sampler.net_counters()?;
     drop(sampler);
 
-    progress.phase("symbolizing");
-    let profile = pipeline.profile(ProfileMeta {
+    let meta = ProfileMeta {
+        event: Event::Cpu,
         period_ns: 1_000_000_000 / options.frequency_hz,
         start_unix_ns: start_wall
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
         duration_ns: elapsed.as_nanos() as u64,
-    });
-    let svg = SvgOptions {
-        title: "Hearth CPU flamegraph".into(),
-        subtitle: Some(format!(
-            "{} samples at {} Hz over {:.1} s, {} lost",
-            profile.total_samples(),
-            options.frequency_hz,
-            elapsed.as_secs_f64(),
-            kernel.ring_full
-        )),
     };
-    progress.phase("writing");
-    let write =
-        |out: &mut dyn std::io::Write| export::write_profile(&profile, options.format, &svg, out);
-    let written = output.commit(write);
+    let mut written = Vec::new();
+    let mut failure = None;
+    for (event, output) in outputs {
+        progress.phase("symbolizing");
+        let Some(profile) = pipeline.event_profile(event, meta) else {
+            continue;
+        };
+        let lost = if event == Event::Cpu {
+            kernel.ring_full
+        } else {
+            net.ring_full
+        };
+        progress.phase("writing");
+        let path = output.path().to_owned();
+        let svg = svg_options(&profile, &options, lost);
+        match write_output(output, &profile, &options, svg, start_wall) {
+            Ok(()) => written.push(Written {
+                event,
+                path,
+                total: profile.total_samples(),
+            }),
+            // The other events' files are still written.
+            Err(err) => failure = failure.or(Some(err)),
+        }
+    }
     progress.finish();
-    if let Err(err) = written {
+    if let Some(err) = failure {
+        return Err(err);
+    }
+
+    Ok(RecordReport {
+        outputs: written,
+        format: options.format,
+        samples: pipeline.samples(),
+        network_events: pipeline.network_events(),
+        processes: pipeline.processes(),
+        unique_stacks: pipeline.unique_stacks(),
+        elapsed,
+        stopped_by,
+        kernel,
+        net,
+    })
+}
+
+fn svg_options(profile: &Profile, options: &RecordOptions, lost: u64) -> SvgOptions {
+    let seconds = profile.duration_ns as f64 / 1e9;
+    let total = profile.total_samples();
+    match profile.event {
+        Event::Cpu => SvgOptions {
+            title: "Hearth CPU flamegraph".into(),
+            subtitle: Some(format!(
+                "{total} samples at {} Hz over {seconds:.1} s, {lost} lost",
+                options.frequency_hz,
+            )),
+        },
+        event => SvgOptions {
+            title: format!("Hearth network flamegraph: {event}"),
+            subtitle: Some(format!(
+                "{total} {} over {seconds:.1} s, {lost} events lost",
+                event.unit_label()
+            )),
+        },
+    }
+}
+
+/// Writes one profile; when its destination fails, it is saved to the
+/// temporary directory instead and the error says where.
+fn write_output(
+    output: OutputFile,
+    profile: &Profile,
+    options: &RecordOptions,
+    svg: SvgOptions,
+    start_wall: SystemTime,
+) -> anyhow::Result<()> {
+    let write =
+        |out: &mut dyn std::io::Write| export::write_profile(profile, options.format, &svg, out);
+    if let Err(err) = output.commit(write) {
         // The recording is not thrown away because its destination failed.
         let rescue = std::env::temp_dir().join(format!(
-            "hearth-{}-{}.{}",
+            "hearth-{}-{}.{}.{}",
             std::process::id(),
             start_wall
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            profile.event.name(),
             options.format.extension()
         ));
         let saved = OutputFile::prepare(&rescue).and_then(|o| o.commit(write));
@@ -187,17 +298,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
             Err(_) => anyhow::Error::new(err),
         });
     }
-
-    Ok(RecordReport {
-        output: options.output.clone(),
-        format: options.format,
-        samples: pipeline.samples(),
-        processes: pipeline.processes(),
-        unique_stacks: pipeline.unique_stacks(),
-        elapsed,
-        stopped_by,
-        kernel,
-    })
+    Ok(())
 }
 
 /// Starts the command so that it is traced from its first instruction: the
@@ -205,7 +306,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
 /// filter at fork time, and stops tracing itself right after (its own
 /// samples are never taken).
 fn spawn_traced(
-    sampler: &mut CpuSampler,
+    sampler: &mut Probes,
     options: &RecordOptions,
 ) -> anyhow::Result<tokio::process::Child> {
     let own = std::process::id();

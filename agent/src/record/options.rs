@@ -4,6 +4,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use crate::{
     cli::RecordArgs,
+    event::Event,
     export::{OutputFormat, UnknownFormat},
     probes::RingBufferSize,
     process::ProcessLimits,
@@ -19,7 +20,11 @@ pub struct RecordOptions {
     pub frequency_hz: u64,
     pub pids: Vec<u32>,
     pub command: Vec<OsString>,
-    pub output: PathBuf,
+    /// What to profile, without repeats, in the order given.
+    pub events: Vec<Event>,
+    /// Where each event's profile goes: `output` itself for one event,
+    /// `<stem>.<event>.<ext>` beside it for several.
+    pub outputs: Vec<(Event, PathBuf)>,
     pub format: OutputFormat,
     pub kernel_stacks: bool,
     pub ring_buffer_size: RingBufferSize,
@@ -63,6 +68,20 @@ impl TryFrom<RecordArgs> for RecordOptions {
                 )
             }
         };
+        let mut events = Vec::new();
+        for event in args.events {
+            if !events.contains(&event) {
+                events.push(event);
+            }
+        }
+        let outputs = if events.len() == 1 {
+            vec![(events[0], output)]
+        } else {
+            events
+                .iter()
+                .map(|&event| (event, per_event_path(&output, format, event)))
+                .collect()
+        };
         if args.pids.contains(&0) {
             return Err(OptionsError::PidZero);
         }
@@ -74,7 +93,8 @@ impl TryFrom<RecordArgs> for RecordOptions {
             frequency_hz: args.frequency,
             pids: args.pids,
             command: args.command,
-            output,
+            events,
+            outputs,
             format,
             kernel_stacks: !args.no_kernel,
             ring_buffer_size: args.ring_buffer_size,
@@ -87,10 +107,35 @@ impl TryFrom<RecordArgs> for RecordOptions {
     }
 }
 
+/// `net.folded` → `net.tx-bytes.folded`; `cpu.pb.gz` → `cpu.tx-bytes.pb.gz`.
+fn per_event_path(output: &std::path::Path, format: OutputFormat, event: Event) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let known = [".pb.gz", ".pprof", ".svg", ".folded", ".txt"];
+    let (stem, extension) = known
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext).map(|stem| (stem, &ext[1..])))
+        .or_else(|| name.rsplit_once('.'))
+        .unwrap_or((name.as_str(), format.extension()));
+    output.with_file_name(format!("{stem}.{}.{extension}", event.name()))
+}
+
 impl RecordOptions {
     /// True when sampling is limited to chosen processes.
     pub fn filters_processes(&self) -> bool {
         !self.pids.is_empty() || !self.command.is_empty()
+    }
+
+    /// True when CPU stacks are sampled.
+    pub fn samples_cpu(&self) -> bool {
+        self.events.contains(&Event::Cpu)
+    }
+
+    /// The network events asked for.
+    pub fn network_events(&self) -> Vec<Event> {
+        self.events.iter().copied().filter(|e| e.is_network()).collect()
     }
 }
 
@@ -115,7 +160,7 @@ mod tests {
         let options = parse(&[]).unwrap();
         assert_eq!(options.duration, Some(Duration::from_secs(10)));
         assert_eq!(options.frequency_hz, 99);
-        assert_eq!(options.output, PathBuf::from("flame.svg"));
+        assert_eq!(options.outputs, [(Event::Cpu, PathBuf::from("flame.svg"))]);
         assert_eq!(options.format, OutputFormat::Svg);
         assert!(options.kernel_stacks && !options.filters_processes());
         assert_eq!(options.ring_buffer_size, RingBufferSize::Auto);
@@ -133,11 +178,32 @@ mod tests {
         );
         let explicit = parse(&["-o", "x.data", "--format", "folded"]).unwrap();
         assert_eq!(
-            (explicit.format, explicit.output),
+            (explicit.format, explicit.outputs[0].1.clone()),
             (OutputFormat::Folded, "x.data".into())
         );
         let named = parse(&["--format", "pprof"]).unwrap();
-        assert_eq!(named.output, PathBuf::from("flame.pb.gz"));
+        assert_eq!(named.outputs[0].1, PathBuf::from("flame.pb.gz"));
+    }
+
+    #[test]
+    fn several_events_write_one_file_each_named_after_the_output() {
+        let one = parse(&["-e", "tx-bytes", "-o", "net.folded"]).unwrap();
+        assert_eq!(one.outputs, [(Event::TxBytes, "net.folded".into())]);
+        assert!(!one.samples_cpu());
+        let several = parse(&["-e", "tx-bytes", "-e", "cpu", "-e", "tx-bytes", "-o", "d/net.pb.gz"])
+            .unwrap();
+        assert_eq!(
+            several.outputs,
+            [
+                (Event::TxBytes, "d/net.tx-bytes.pb.gz".into()),
+                (Event::Cpu, "d/net.cpu.pb.gz".into()),
+            ]
+        );
+        assert_eq!(several.network_events(), [Event::TxBytes]);
+        let data = parse(&["-e", "drops", "-e", "resets", "-o", "x.data", "-f", "svg"]).unwrap();
+        assert_eq!(data.outputs[1].1, PathBuf::from("x.resets.data"));
+        let err = parse(&["-e", "bytes"]).unwrap_err();
+        assert!(err.contains("tx-bytes"), "{err}");
     }
 
     #[test]

@@ -23,9 +23,13 @@ use tokio::{
 use crate::{
     config::Config,
     export::{otlp::OtlpClient, pyroscope::PyroscopeClient, resource::ResourceNamer},
-    pipeline::{CpuPipeline, WindowLimits},
+    pipeline::{Pipeline, WindowLimits},
     preflight,
-    probes::{CpuSampler, SamplerSettings, check_frequency, online_cpu_count},
+    event::Event,
+    network::{self, NetAggregator, ReasonNames},
+    probes::{
+        NET_DRAIN_INTERVAL, NetSettings, ProbeSettings, Probes, check_frequency, online_cpu_count,
+    },
     process::ProcessLimits,
     retention::{ExportQueue, History, QueueLimits, Spool},
     symbolize::Symbolizer,
@@ -79,6 +83,19 @@ fn start_exporter(
         outbox,
         task,
     })
+}
+
+/// Copies the kernel's and the pipeline's counts into the metrics.
+fn record_counters(probes: &Probes, pipeline: &Pipeline, telemetry: &Telemetry) {
+    if let Ok(counters) = probes.counters() {
+        telemetry.record_kernel(&counters);
+    }
+    if let Ok(counters) = probes.net_counters() {
+        telemetry.record_net(&counters, &pipeline.network_stats());
+    }
+    advance_to(&telemetry.samples, pipeline.total_samples());
+    advance_to(&telemetry.network_events, pipeline.total_network_events());
+    advance_to(&telemetry.malformed_records, pipeline.malformed());
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -142,7 +159,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|e| (e.format, e.outbox.clone()))
         .collect();
 
-    let mut sampler = CpuSampler::load(&SamplerSettings {
+    let network_events: Vec<Event> = config
+        .events
+        .iter()
+        .copied()
+        .filter(|e| e.is_network())
+        .collect();
+    let network = (!network_events.is_empty()).then(|| NetSettings {
+        emit: network::kernel_kinds(&network_events),
+        ring_buffer_bytes: config.network.ring_buffer.0 as u32,
+        socket_owners: config.network.socket_owners,
+        user_stacks: config.network.user_stacks,
+    });
+    let mut sampler = Probes::load(&ProbeSettings {
+        cpu: config.events.contains(&Event::Cpu),
+        network,
+        ignore_own_process: true,
         frequency_hz: config.frequency,
         kernel_stacks: config.kernel_stacks,
         filter_processes: false,
@@ -152,15 +184,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .bytes(online_cpu_count(), config.frequency),
         filter_capacity: 1,
     })
-    .context("loading the CPU sampler")?;
+    .context("loading the probes")?;
     let mut ring = sampler.take_ring()?;
-    let mut pipeline = CpuPipeline::new(
+    let mut net_ring = sampler.take_net_ring()?;
+    let mut pipeline = Pipeline::new(
         ProcessLimits {
             max_open_objects: config.limits.max_open_objects,
             ..ProcessLimits::default()
         },
         Symbolizer::new(config.symbolize.cache_entries, config.symbolize.debug_info),
     );
+    if !network_events.is_empty() {
+        pipeline = pipeline.with_network(NetAggregator::new(
+            &network_events,
+            config.network.max_pending_connects,
+            ReasonNames::from_kernel(),
+        ));
+    }
     let namer = ResourceNamer::new(&config.service_name, ResourceNamer::system_host_name());
     let mut history = History::new(config.history.max_bytes.0, config.history.max_age);
     let limits = WindowLimits {
@@ -168,9 +208,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let period_ns = 1_000_000_000 / config.frequency;
 
-    sampler.start().context("starting the CPU sampler")?;
+    sampler.start().context("starting the probes")?;
     telemetry.set_ready(true);
-    tracing::info!(frequency = config.frequency, interval = ?config.export_interval, "profiling");
+    let events: Vec<&str> = config.events.iter().map(|e| e.name()).collect();
+    tracing::info!(
+        frequency = config.frequency,
+        interval = ?config.export_interval,
+        events = events.join(","),
+        "profiling"
+    );
 
     let mut window_start = WindowStart::now();
     let mut export_tick = tokio::time::interval_at(
@@ -179,6 +225,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     export_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh_tick = tokio::time::interval(telemetry::REFRESH_INTERVAL);
+    let mut net_drain = tokio::time::interval(NET_DRAIN_INTERVAL);
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     macro_rules! finish_window {
@@ -190,6 +237,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     outboxes: &outboxes,
                     history: &mut history,
                     telemetry: &telemetry,
+                    events: &config.events,
                     period_ns,
                     limits,
                 },
@@ -203,13 +251,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ready.context("waiting on the sample ring buffer")?;
                 ring.drain(|record| pipeline.ingest(record));
             }
+            ready = net_ring.wait() => {
+                ready.context("waiting on the network event ring buffer")?;
+                net_ring.drain(|record| pipeline.ingest_net(record));
+            }
+            _ = net_drain.tick() => {
+                net_ring.drain(|record| pipeline.ingest_net(record));
+            }
             _ = export_tick.tick() => window_start = finish_window!(),
             _ = refresh_tick.tick() => {
-                if let Ok(counters) = sampler.counters() {
-                    telemetry.record_kernel(&counters);
-                }
-                advance_to(&telemetry.samples, pipeline.total_samples());
-                advance_to(&telemetry.malformed_records, pipeline.malformed());
+                record_counters(&sampler, &pipeline, &telemetry);
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -218,11 +269,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     tracing::info!("stopping: exporting the last window");
     telemetry.set_ready(false);
-    sampler.stop().context("stopping the CPU sampler")?;
+    sampler.stop().context("stopping the probes")?;
     ring.drain(|record| pipeline.ingest(record));
-    if let Ok(counters) = sampler.counters() {
-        telemetry.record_kernel(&counters);
-    }
+    net_ring.drain(|record| pipeline.ingest_net(record));
+    record_counters(&sampler, &pipeline, &telemetry);
     finish_window!();
     drop(sampler);
 

@@ -13,8 +13,9 @@ use crate::{
         pyroscope::{encode_push, labelled_profiles},
         resource::ResourceNamer,
     },
-    pipeline::{CpuPipeline, WindowLimits},
-    profile::ProfileMeta,
+    event::Event,
+    pipeline::{Pipeline, WindowLimits},
+    profile::{Profile, ProfileMeta},
     retention::{History, HistoryEntry},
     telemetry::{Telemetry, advance_to},
 };
@@ -43,11 +44,13 @@ impl WindowStart {
 }
 
 pub struct WindowContext<'a> {
-    pub pipeline: &'a mut CpuPipeline,
+    pub pipeline: &'a mut Pipeline,
     pub namer: &'a ResourceNamer,
     pub outboxes: &'a [(Format, Outbox)],
     pub history: &'a mut History,
     pub telemetry: &'a Telemetry,
+    /// The profiles built each window.
+    pub events: &'a [Event],
     pub period_ns: u64,
     pub limits: WindowLimits,
 }
@@ -58,16 +61,23 @@ fn random_id() -> [u8; 16] {
 }
 
 /// Ends the window that began at `start`; returns the next window's start.
-pub fn finish(ctx: WindowContext<'_>, start: WindowStart) -> WindowStart {
+pub fn finish(mut ctx: WindowContext<'_>, start: WindowStart) -> WindowStart {
     let next = WindowStart::now();
-    let profile = ctx.pipeline.profile(ProfileMeta {
+    let meta = ProfileMeta {
+        event: Event::Cpu,
         period_ns: ctx.period_ns,
         start_unix_ns: start
             .wall
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
         duration_ns: next.instant.duration_since(start.instant).as_nanos() as u64,
-    });
+    };
+    let profiles: Vec<Profile> = ctx
+        .events
+        .iter()
+        .filter_map(|&event| ctx.pipeline.event_profile(event, meta))
+        .filter(|profile| !profile.samples.is_empty()) // nothing happened: nothing to send
+        .collect();
     let stats = ctx.pipeline.symbolizer_stats();
     ctx.pipeline.end_window(&ctx.limits);
     ctx.telemetry.windows.inc();
@@ -76,15 +86,19 @@ pub fn finish(ctx: WindowContext<'_>, start: WindowStart) -> WindowStart {
     ctx.telemetry
         .processes_tracked
         .set(ctx.pipeline.processes() as i64);
-    if profile.samples.is_empty() {
-        return next; // nothing ran: nothing to send
+    for profile in &profiles {
+        export(&mut ctx, profile, start, next);
     }
+    next
+}
 
-    let groups = ctx.namer.group(&profile);
-    let labelled = labelled_profiles(&profile, &groups);
+/// Encodes one profile for every exporter and keeps it in the history.
+fn export(ctx: &mut WindowContext<'_>, profile: &Profile, start: WindowStart, next: WindowStart) {
+    let groups = ctx.namer.group(profile);
+    let labelled = labelled_profiles(profile, &groups);
     for (format, outbox) in ctx.outboxes {
         let payload = match format {
-            Format::Otlp => encode_request(&profile, &groups, &mut random_id).encode_to_vec(),
+            Format::Otlp => encode_request(profile, &groups, &mut random_id).encode_to_vec(),
             Format::Pyroscope => encode_push(&labelled, &mut || {
                 random_id().iter().map(|b| format!("{b:02x}")).collect()
             }),
@@ -92,22 +106,24 @@ pub fn finish(ctx: WindowContext<'_>, start: WindowStart) -> WindowStart {
         outbox.push(payload.into(), ctx.telemetry);
     }
     let now = SystemTime::now();
-    for profile in labelled {
+    for labelled in labelled {
         ctx.history.push(
             HistoryEntry {
                 window_start: start.wall,
                 window_end: next.wall,
-                labels: profile.labels,
-                pprof_gz: profile.pprof_gz,
+                labels: labelled.labels,
+                pprof_gz: labelled.pprof_gz,
             },
             now,
         );
     }
-    ctx.telemetry.history_bytes.set(ctx.history.bytes() as i64);
+    ctx.telemetry
+        .history_bytes
+        .set(ctx.history.bytes() as i64);
     tracing::debug!(
-        samples = profile.total_samples(),
+        event = %profile.event,
+        total = profile.total_samples(),
         resources = groups.len(),
         "window exported"
     );
-    next
 }

@@ -5,6 +5,8 @@
 //! Sizes are checked at compile time.
 #![no_std]
 
+pub mod net;
+
 /// Deepest kernel or user stack a CPU sample carries (the kernel's
 /// `PERF_MAX_STACK_DEPTH` is 127).
 pub const MAX_STACK_DEPTH: usize = 127;
@@ -121,4 +123,6 @@ mod user {
     // SAFETY: plain-old-data, repr(C), no padding left implicit.
     unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::SamplerConfig {}
+    unsafe impl aya::Pod for super::net::NetConfig {}
+    unsafe impl aya::Pod for super::net::SocketOwner {}
 }

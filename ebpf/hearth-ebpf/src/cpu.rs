@@ -28,7 +28,7 @@ const NO_OFFSETS: TaskOffsets = TaskOffsets {
 
 /// Set by the agent at load time.
 #[unsafe(no_mangle)]
-static SAMPLER_CONFIG: Global<SamplerConfig> = Global::new(SamplerConfig {
+pub(crate) static SAMPLER_CONFIG: Global<SamplerConfig> = Global::new(SamplerConfig {
     task: NO_OFFSETS,
     filter_tgids: 0,
     skip_kernel_stack: 0,
@@ -61,7 +61,7 @@ fn count(counter: Counter) {
 }
 
 #[inline(always)]
-fn is_traced(tgid: u32) -> bool {
+pub(crate) fn is_traced(tgid: u32) -> bool {
     // SAFETY: the value is only compared against None, never held.
     unsafe { TGID_FILTER.get(tgid) }.is_some()
 }

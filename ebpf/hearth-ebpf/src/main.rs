@@ -6,6 +6,7 @@
 #![no_main]
 
 mod cpu;
+mod net;
 mod task;
 
 #[cfg(not(test))]

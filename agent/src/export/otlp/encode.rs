@@ -8,19 +8,26 @@ use rustc_hash::FxHashMap;
 
 use super::proto as otlp;
 use crate::{
+    event::Event,
     export::resource::{AttributeValue, ResourceGroup, keys},
-    profile::{Profile, StringId},
+    profile::{LabelValue, Profile, StringId},
 };
 
-/// Builds the request for `profile`, with one resource per group.
+/// Builds the request for `profile`, with one resource per group. CPU
+/// profiles count samples over a `cpu`/`nanoseconds` period; network
+/// profiles carry their event's type and unit, with the period the same.
 pub fn encode_request(
     profile: &Profile,
     groups: &[ResourceGroup],
     profile_ids: &mut dyn FnMut() -> [u8; 16],
 ) -> otlp::ExportProfilesServiceRequest {
     let mut dict = Dictionary::new(profile);
-    let sample_type = dict.value_type("samples", "count");
-    let period_type = dict.value_type("cpu", "nanoseconds");
+    let (kind, unit) = profile.event.sample_type();
+    let sample_type = dict.value_type(kind, unit);
+    let period_type = match profile.event {
+        Event::Cpu => dict.value_type("cpu", "nanoseconds"),
+        _ => sample_type,
+    };
     let resource_profiles = groups
         .iter()
         .map(|group| {
@@ -37,6 +44,15 @@ pub fn encode_request(
                     if group.many_processes {
                         let pid = AttributeValue::Int(i64::from(process.pid));
                         attributes.push(dict.attribute(keys::PROCESS_PID, &pid));
+                    }
+                    for label in &sample.labels {
+                        let value = match label.value {
+                            LabelValue::Str(text) => {
+                                AttributeValue::Str(profile.string(text).to_owned())
+                            }
+                            LabelValue::Num(num) => AttributeValue::Int(num),
+                        };
+                        attributes.push(dict.attribute(profile.string(label.key), &value));
                     }
                     otlp::Sample {
                         stack_index: dict.stack(&sample.locations),
@@ -68,7 +84,7 @@ pub fn encode_request(
                         time_unix_nano: profile.start_unix_ns,
                         duration_nano: profile.duration_ns,
                         period_type: Some(period_type),
-                        period: profile.period_ns as i64,
+                        period: profile.period_ns.max(1) as i64,
                         profile_id: profile_ids().to_vec(),
                         ..Default::default()
                     }],
@@ -340,6 +356,40 @@ mod tests {
             d.location_table
         );
         assert!(unique(&d.location_table));
+    }
+
+    #[test]
+    fn network_profiles_carry_their_unit_and_peer_attributes() {
+        let profile = crate::export::fixtures::small_network_profile();
+        let request = request(&profile);
+        let d = request.dictionary.as_ref().unwrap();
+        let s = |i: i32| d.string_table[i as usize].as_str();
+        let otlp_profile = &request.resource_profiles[0].scope_profiles[0].profiles[0];
+        let t = otlp_profile.sample_type.unwrap();
+        assert_eq!((s(t.type_strindex), s(t.unit_strindex)), ("tx_bytes", "bytes"));
+        assert_eq!(otlp_profile.period, 1);
+        let sample = &otlp_profile.samples[0];
+        assert_eq!(sample.values, [1500]);
+        let attributes: Vec<(&str, String)> = sample
+            .attribute_indices
+            .iter()
+            .map(|&i| {
+                let a = &d.attribute_table[i as usize];
+                (s(a.key_strindex), format!("{:?}", a.value))
+            })
+            .collect();
+        assert!(
+            attributes
+                .iter()
+                .any(|(k, v)| *k == "network.peer.address" && v.contains("10.0.0.2")),
+            "{attributes:?}"
+        );
+        assert!(
+            attributes
+                .iter()
+                .any(|(k, v)| *k == "network.peer.port" && v.contains("8080")),
+            "{attributes:?}"
+        );
     }
 
     #[test]

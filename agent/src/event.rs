@@ -1,0 +1,138 @@
+//! What a profile measures: CPU time, or one kind of network event. Each
+//! is its own profile with its own sample type and unit.
+
+use std::{fmt, str::FromStr};
+
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Event {
+    /// CPU time, sampled at a frequency.
+    #[default]
+    Cpu,
+    /// Bytes sent on IPv4/IPv6 sockets, by the sending stack.
+    TxBytes,
+    /// Bytes received on IPv4/IPv6 sockets, by the receiving stack.
+    RxBytes,
+    /// TCP segments retransmitted, by the owning process and peer.
+    Retransmits,
+    /// TCP resets sent and received.
+    Resets,
+    /// Time from SYN to the end of the handshake, by the connecting stack.
+    ConnectLatency,
+    /// Packets dropped, by drop reason.
+    Drops,
+}
+
+impl Event {
+    pub const ALL: [Event; 7] = [
+        Event::Cpu,
+        Event::TxBytes,
+        Event::RxBytes,
+        Event::Retransmits,
+        Event::Resets,
+        Event::ConnectLatency,
+        Event::Drops,
+    ];
+
+    /// The name users give (`--event tx-bytes`) and files carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Cpu => "cpu",
+            Event::TxBytes => "tx-bytes",
+            Event::RxBytes => "rx-bytes",
+            Event::Retransmits => "retransmits",
+            Event::Resets => "resets",
+            Event::ConnectLatency => "connect-latency",
+            Event::Drops => "drops",
+        }
+    }
+
+    /// Sample type and unit of the profile's values, as pprof and OTLP
+    /// write them. CPU profiles count samples (pprof writes CPU time).
+    pub fn sample_type(self) -> (&'static str, &'static str) {
+        match self {
+            Event::Cpu => ("samples", "count"),
+            Event::TxBytes => ("tx_bytes", "bytes"),
+            Event::RxBytes => ("rx_bytes", "bytes"),
+            Event::Retransmits => ("retransmits", "count"),
+            Event::Resets => ("resets", "count"),
+            Event::ConnectLatency => ("connect_latency", "nanoseconds"),
+            Event::Drops => ("drops", "count"),
+        }
+    }
+
+    /// What one unit of a value is called in a flamegraph ("samples", "bytes").
+    pub fn unit_label(self) -> &'static str {
+        match self {
+            Event::Cpu => "samples",
+            Event::TxBytes | Event::RxBytes => "bytes",
+            Event::Retransmits => "segments",
+            Event::Resets => "resets",
+            Event::ConnectLatency => "ns",
+            Event::Drops => "packets",
+        }
+    }
+
+    pub fn is_network(self) -> bool {
+        self != Event::Cpu
+    }
+
+    /// The Pyroscope series name (`__name__`).
+    pub fn series_name(self) -> &'static str {
+        match self {
+            Event::Cpu => "process_cpu",
+            Event::TxBytes => "network_tx_bytes",
+            Event::RxBytes => "network_rx_bytes",
+            Event::Retransmits => "network_retransmits",
+            Event::Resets => "network_resets",
+            Event::ConnectLatency => "network_connect_latency",
+            Event::Drops => "network_drops",
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Event {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Event::ALL
+            .into_iter()
+            .find(|event| event.name() == text.trim())
+            .ok_or_else(|| {
+                let names: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
+                format!("unknown event `{text}`; choose from {}", names.join(", "))
+            })
+    }
+}
+
+impl serde::Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_valid_ones() {
+        for event in Event::ALL {
+            assert_eq!(event.name().parse::<Event>(), Ok(event));
+        }
+        let err = "tx_bytes".parse::<Event>().unwrap_err();
+        assert!(err.contains("tx-bytes") && err.contains("connect-latency"), "{err}");
+    }
+}

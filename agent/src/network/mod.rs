@@ -1,0 +1,393 @@
+//! Network events, aggregated: one stack table per enabled event, each
+//! stack tagged with the peer, the local port and (for drops and resets)
+//! the reason, values summed in the event's unit. A connect's start waits
+//! (bounded) for its end, and the pair becomes one latency value on the
+//! connecting stack.
+
+use std::collections::BTreeMap;
+
+use hearth_common::net::{NetEventKind, TCP_ESTABLISHED};
+use rustc_hash::FxHashMap;
+
+use crate::{
+    aggregate::{EventTag, StackTable, TagValue},
+    event::Event,
+    probes::{NetRecord, RawSample},
+    process::ProcessTable,
+};
+
+/// Default bytes of the network event ring (`network.ring_buffer`): about
+/// 20,000 events, a fraction of a second of a busy bulk transfer.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+/// Default sockets whose owner the kernel remembers (`network.socket_owners`).
+pub const DEFAULT_SOCKET_OWNERS: u32 = 65536;
+/// Default connects waiting for their handshake to end (`network.max_pending_connects`).
+pub const DEFAULT_PENDING_CONNECTS: usize = 4096;
+
+/// Names of kernel enum values (drop and reset reasons), read from BTF.
+#[derive(Clone, Debug, Default)]
+pub struct ReasonNames {
+    pub drops: FxHashMap<u32, String>,
+    pub resets: FxHashMap<u32, String>,
+}
+
+impl ReasonNames {
+    /// The running kernel's names (empty, so numbers are shown, when its
+    /// BTF lacks them).
+    pub fn from_kernel() -> Self {
+        use crate::probes::btf::{KERNEL_BTF_PATH, enum_names};
+        let path = std::path::Path::new(KERNEL_BTF_PATH);
+        Self {
+            drops: enum_names(path, "skb_drop_reason", "SKB_DROP_REASON_"),
+            resets: enum_names(path, "sk_rst_reason", "SK_RST_REASON_"),
+        }
+    }
+
+    fn name(names: &FxHashMap<u32, String>, value: u32) -> String {
+        names
+            .get(&value)
+            .cloned()
+            .unwrap_or_else(|| value.to_string())
+    }
+}
+
+/// The kernel event kinds the given profile events need.
+pub fn kernel_kinds(events: &[Event]) -> Vec<NetEventKind> {
+    let mut kinds = Vec::new();
+    for event in events {
+        kinds.extend_from_slice(match event {
+            Event::Cpu => &[][..],
+            Event::TxBytes => &[NetEventKind::Send],
+            Event::RxBytes => &[NetEventKind::Receive],
+            Event::Retransmits => &[NetEventKind::Retransmit],
+            Event::Resets => &[NetEventKind::ResetSent, NetEventKind::ResetReceived],
+            Event::ConnectLatency => &[NetEventKind::ConnectStart, NetEventKind::ConnectEnd],
+            Event::Drops => &[NetEventKind::Drop],
+        });
+    }
+    kinds
+}
+
+/// Counts of what the aggregator could not use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Connect starts dropped because `max_pending_connects` was reached.
+    pub pending_connects_dropped: u64,
+    /// Connect ends whose start was never seen (the agent started mid-handshake).
+    pub unmatched_connect_ends: u64,
+}
+
+pub struct NetAggregator {
+    tables: BTreeMap<Event, StackTable>,
+    /// Connect starts by socket: the start record, waiting for its end.
+    pending: FxHashMap<u64, Box<[u8]>>,
+    max_pending: usize,
+    reasons: ReasonNames,
+    stats: NetStats,
+}
+
+const OUTCOME_ESTABLISHED: u64 = 1;
+
+impl NetAggregator {
+    /// Aggregates the network events among `events`; at most
+    /// `max_pending_connects` connects wait for their end at once.
+    pub fn new(events: &[Event], max_pending_connects: usize, reasons: ReasonNames) -> Self {
+        Self {
+            tables: events
+                .iter()
+                .filter(|e| e.is_network())
+                .map(|&e| (e, StackTable::new()))
+                .collect(),
+            pending: FxHashMap::default(),
+            max_pending: max_pending_connects,
+            reasons,
+            stats: NetStats::default(),
+        }
+    }
+
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.tables.keys().copied()
+    }
+
+    pub fn table(&self, event: Event) -> Option<&StackTable> {
+        self.tables.get(&event)
+    }
+
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// Events counted in the current window, over all tables.
+    pub fn events_counted(&self) -> u64 {
+        self.tables.values().map(StackTable::samples).sum()
+    }
+
+    /// Starts a new window; connects still waiting keep waiting.
+    pub fn end_window(&mut self) {
+        for table in self.tables.values_mut() {
+            *table = StackTable::new();
+        }
+    }
+
+    pub fn add(&mut self, record: &NetRecord<'_>, bytes: &[u8], processes: &mut ProcessTable) {
+        let event = match record.kind {
+            NetEventKind::Send => Event::TxBytes,
+            NetEventKind::Receive => Event::RxBytes,
+            NetEventKind::Retransmit => Event::Retransmits,
+            NetEventKind::ResetSent | NetEventKind::ResetReceived => Event::Resets,
+            NetEventKind::Drop => Event::Drops,
+            NetEventKind::ConnectStart => {
+                if self.tables.contains_key(&Event::ConnectLatency) {
+                    self.connect_started(record, bytes);
+                }
+                return;
+            }
+            NetEventKind::ConnectEnd => {
+                self.connect_ended(record, processes);
+                return;
+            }
+        };
+        let reasons = &self.reasons;
+        let Some(table) = self.tables.get_mut(&event) else {
+            return;
+        };
+        let detail = match record.kind {
+            NetEventKind::ResetSent => 1 << 32 | u64::from(record.info.detail),
+            NetEventKind::ResetReceived => 2 << 32,
+            _ => u64::from(record.info.detail),
+        };
+        table.add_event(
+            &record.sample,
+            processes,
+            record.info.value,
+            &tag_key(record, detail),
+            || tag(record, reasons),
+        );
+    }
+
+    fn connect_started(&mut self, record: &NetRecord<'_>, bytes: &[u8]) {
+        if self.pending.len() >= self.max_pending && !self.pending.contains_key(&record.info.socket)
+        {
+            self.stats.pending_connects_dropped += 1;
+            return;
+        }
+        self.pending.insert(record.info.socket, bytes.into());
+    }
+
+    fn connect_ended(&mut self, end: &NetRecord<'_>, processes: &mut ProcessTable) {
+        let Some(bytes) = self.pending.remove(&end.info.socket) else {
+            self.stats.unmatched_connect_ends += 1;
+            return;
+        };
+        let Some(table) = self.tables.get_mut(&Event::ConnectLatency) else {
+            return;
+        };
+        let Ok(start) = NetRecord::decode(&bytes) else {
+            return;
+        };
+        let latency = end
+            .sample
+            .header
+            .timestamp_ns
+            .saturating_sub(start.sample.header.timestamp_ns);
+        let established = end.info.detail == TCP_ESTABLISHED;
+        let outcome = if established { OUTCOME_ESTABLISHED } else { 0 };
+        let sample: &RawSample<'_> = &start.sample;
+        table.add_event(
+            sample,
+            processes,
+            latency,
+            &tag_key(&start, outcome),
+            || {
+                let mut tag = tag(&start, &ReasonNames::default());
+                let text = if established { "established" } else { "failed" };
+                tag.labels
+                    .push(("connect.outcome", TagValue::Text(text.into())));
+                tag
+            },
+        );
+    }
+}
+
+/// The words that tell two events' tags apart: peer, ports and `detail`.
+fn tag_key(record: &NetRecord<'_>, detail: u64) -> [u64; 4] {
+    let info = &record.info;
+    [
+        u64::from_ne_bytes(info.remote_addr[..8].try_into().unwrap()),
+        u64::from_ne_bytes(info.remote_addr[8..].try_into().unwrap()),
+        u64::from(info.family) << 32 | u64::from(info.remote_port) << 16 | u64::from(info.local_port),
+        detail,
+    ]
+}
+
+/// Labels follow the OpenTelemetry network attribute names.
+fn tag(record: &NetRecord<'_>, reasons: &ReasonNames) -> EventTag {
+    let mut tag = EventTag::default();
+    // A port of 0 is one the socket no longer (or not yet) has.
+    if let Some((address, port)) = record.remote() {
+        tag.labels.push((
+            "network.peer.address",
+            TagValue::Text(address.to_string()),
+        ));
+        if port != 0 {
+            tag.labels
+                .push(("network.peer.port", TagValue::Num(i64::from(port))));
+        }
+    }
+    if let Some((_, port)) = record.local().filter(|(_, port)| *port != 0) {
+        tag.labels
+            .push(("network.local.port", TagValue::Num(i64::from(port))));
+    }
+    match record.kind {
+        NetEventKind::Drop => {
+            let reason = ReasonNames::name(&reasons.drops, record.info.detail);
+            tag.leaf = Some(format!("[drop: {reason}]"));
+            tag.labels.push(("drop.reason", TagValue::Text(reason)));
+        }
+        NetEventKind::ResetSent => {
+            let reason = ReasonNames::name(&reasons.resets, record.info.detail);
+            tag.leaf = Some("[reset sent]".into());
+            tag.labels
+                .push(("tcp.reset.direction", TagValue::Text("sent".into())));
+            tag.labels.push(("tcp.reset.reason", TagValue::Text(reason)));
+        }
+        NetEventKind::ResetReceived => {
+            tag.leaf = Some("[reset received]".into());
+            tag.labels
+                .push(("tcp.reset.direction", TagValue::Text("received".into())));
+        }
+        _ => {}
+    }
+    tag
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_common::{
+        SampleHeader,
+        net::{AF_INET, NetEventInfo, TCP_CLOSE},
+    };
+
+    use super::*;
+    use crate::{probes::encode_net_record, process::ProcessLimits};
+
+    const NO_SUCH_PID: u32 = 0x7fff_fff0;
+
+    fn record(kind: NetEventKind, value: u64, ts: u64, port: u16, user: &[u64]) -> Vec<u8> {
+        let mut info = NetEventInfo {
+            value,
+            socket: 0xffff_8880_0000_1000,
+            kind: kind as u16,
+            family: AF_INET,
+            local_port: 50000,
+            remote_port: port,
+            ..NetEventInfo::default()
+        };
+        info.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let header = SampleHeader {
+            timestamp_ns: ts,
+            tgid: NO_SUCH_PID,
+            tid: NO_SUCH_PID,
+            ..SampleHeader::default()
+        };
+        encode_net_record(info, header, &[], user)
+    }
+
+    fn add(agg: &mut NetAggregator, processes: &mut ProcessTable, bytes: &[u8]) {
+        agg.add(&NetRecord::decode(bytes).unwrap(), bytes, processes);
+    }
+
+    #[test]
+    fn bytes_sum_per_stack_and_peer() {
+        let mut processes = ProcessTable::new(ProcessLimits::default());
+        let mut agg = NetAggregator::new(&[Event::TxBytes], 16, ReasonNames::default());
+        for (value, port) in [(100, 80), (250, 80), (7, 443)] {
+            add(
+                &mut agg,
+                &mut processes,
+                &record(NetEventKind::Send, value, 1, port, &[0x10]),
+            );
+        }
+        // Receives are not wanted: ignored.
+        add(
+            &mut agg,
+            &mut processes,
+            &record(NetEventKind::Receive, 5, 1, 80, &[0x10]),
+        );
+        let table = agg.table(Event::TxBytes).unwrap();
+        let mut values: Vec<u64> = table.stacks().iter().map(|s| s.count).collect();
+        values.sort();
+        assert_eq!(values, [7, 350]);
+        let tag = table.stacks()[0].tag.as_deref().unwrap();
+        assert!(tag.labels.contains(&(
+            "network.peer.address",
+            TagValue::Text("127.0.0.1".into())
+        )));
+        assert!(agg.table(Event::RxBytes).is_none());
+    }
+
+    #[test]
+    fn a_connect_start_and_end_make_one_latency() {
+        let mut processes = ProcessTable::new(ProcessLimits::default());
+        let mut agg = NetAggregator::new(&[Event::ConnectLatency], 1, ReasonNames::default());
+        add(
+            &mut agg,
+            &mut processes,
+            &record(NetEventKind::ConnectStart, 1, 1_000, 80, &[0x10]),
+        );
+        let mut end = NetRecord::decode(&record(NetEventKind::ConnectEnd, 1, 51_000, 80, &[]))
+            .unwrap()
+            .info;
+        end.detail = TCP_CLOSE;
+        let bytes = encode_net_record(
+            end,
+            SampleHeader {
+                timestamp_ns: 51_000,
+                ..SampleHeader::default()
+            },
+            &[],
+            &[],
+        );
+        add(&mut agg, &mut processes, &bytes);
+        let table = agg.table(Event::ConnectLatency).unwrap();
+        let [stack] = table.stacks() else {
+            panic!("one stack expected")
+        };
+        assert_eq!(stack.count, 50_000);
+        assert_eq!(stack.user.len(), 1, "the connecting stack is kept");
+        let tag = stack.tag.as_deref().unwrap();
+        assert!(
+            tag.labels
+                .contains(&("connect.outcome", TagValue::Text("failed".into())))
+        );
+        // An end without a start, and a start beyond the bound, are counted.
+        add(&mut agg, &mut processes, &bytes);
+        assert_eq!(agg.stats().unmatched_connect_ends, 1);
+        let mut other = record(NetEventKind::ConnectStart, 1, 1, 80, &[]);
+        other[8] ^= 0xff; // another socket
+        add(&mut agg, &mut processes, &record(NetEventKind::ConnectStart, 1, 1, 80, &[]));
+        add(&mut agg, &mut processes, &other);
+        assert_eq!(agg.stats().pending_connects_dropped, 1);
+    }
+
+    #[test]
+    fn drops_carry_their_reason_as_label_and_leaf_frame() {
+        let mut processes = ProcessTable::new(ProcessLimits::default());
+        let mut reasons = ReasonNames::default();
+        reasons.drops.insert(77, "NETFILTER_DROP".into());
+        let mut agg = NetAggregator::new(&[Event::Drops], 1, reasons);
+        let mut info = NetRecord::decode(&record(NetEventKind::Drop, 1, 1, 80, &[]))
+            .unwrap()
+            .info;
+        info.detail = 77;
+        let bytes = encode_net_record(info, SampleHeader::default(), &[0xffff_ffff_8100_0000], &[]);
+        add(&mut agg, &mut processes, &bytes);
+        let stack = &agg.table(Event::Drops).unwrap().stacks()[0];
+        let tag = stack.tag.as_deref().unwrap();
+        assert_eq!(tag.leaf.as_deref(), Some("[drop: NETFILTER_DROP]"));
+        assert!(
+            tag.labels
+                .contains(&("drop.reason", TagValue::Text("NETFILTER_DROP".into())))
+        );
+    }
+}

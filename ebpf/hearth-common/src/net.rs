@@ -1,0 +1,179 @@
+//! Network events: what the socket and TCP tracepoints write to the
+//! `NET_EVENTS` ring, and the settings the agent passes in at load.
+
+use crate::{SampleHeader, TASK_COMM_LEN};
+
+/// What a [`NetEventInfo`] records.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetEventKind {
+    /// Bytes a task handed to a socket (`value` = bytes).
+    Send = 1,
+    /// Bytes a task read from a socket (`value` = bytes).
+    Receive = 2,
+    /// TCP segments retransmitted (`value` = segments).
+    Retransmit = 3,
+    /// A TCP reset sent (`detail` = `enum sk_rst_reason`).
+    ResetSent = 4,
+    /// A TCP reset received.
+    ResetReceived = 5,
+    /// `connect()` sent its SYN (the header's timestamp is the start).
+    ConnectStart = 6,
+    /// A connection left SYN_SENT (`detail` = the new TCP state).
+    ConnectEnd = 7,
+    /// A packet dropped (`detail` = `enum skb_drop_reason`).
+    Drop = 8,
+}
+
+impl NetEventKind {
+    pub const ALL: [NetEventKind; 8] = [
+        NetEventKind::Send,
+        NetEventKind::Receive,
+        NetEventKind::Retransmit,
+        NetEventKind::ResetSent,
+        NetEventKind::ResetReceived,
+        NetEventKind::ConnectStart,
+        NetEventKind::ConnectEnd,
+        NetEventKind::Drop,
+    ];
+
+    pub fn from_u16(value: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| *kind as u16 == value)
+    }
+
+    /// Bit of this kind in [`NetConfig::emit`].
+    pub const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+/// TCP states as `inet_sock_set_state` reports them (`include/net/tcp_states.h`).
+pub const TCP_ESTABLISHED: u32 = 1;
+pub const TCP_SYN_SENT: u32 = 2;
+pub const TCP_CLOSE: u32 = 7;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// The network part of a `NET_EVENTS` record. A record is this, then a
+/// [`SampleHeader`] naming the process (the socket's owner for events that
+/// fire outside it), then the header's frames: `NET_INFO_BYTES +
+/// record_size(frames)` bytes in all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetEventInfo {
+    /// Bytes, segments or 1, by kind.
+    pub value: u64,
+    /// Kernel address of the `struct sock`: pairs a connect's start and end.
+    pub socket: u64,
+    /// Local and remote address: IPv4 in the first four bytes, or IPv6.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// A [`NetEventKind`].
+    pub kind: u16,
+    /// `AF_INET`, `AF_INET6`, or 0 when the event has no socket.
+    pub family: u16,
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Kind-specific: drop or reset reason, or the TCP state a connect reached.
+    pub detail: u32,
+    /// Non-zero: the process in the header owns the socket but was not the
+    /// task running when the event fired (it was learned earlier).
+    pub from_owner: u32,
+}
+pub const NET_INFO_BYTES: usize = core::mem::size_of::<NetEventInfo>();
+const _: () = assert!(NET_INFO_BYTES == 64);
+
+/// A [`NetEventInfo`] and a CPU-sample-shaped process header and stack, as
+/// the kernel assembles it before copying the used part to the ring.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NetEvent {
+    pub info: NetEventInfo,
+    pub header: SampleHeader,
+    pub frames: [u64; 2 * crate::MAX_STACK_DEPTH],
+}
+
+/// Byte offsets of the socket and packet fields the network programs read,
+/// from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sock.__sk_common.skc_family` (u16).
+    pub family: u32,
+    /// `skc_num`: local port, host order (u16).
+    pub local_port: u32,
+    /// `skc_dport`: remote port, network order (u16).
+    pub remote_port: u32,
+    /// `skc_rcv_saddr` (IPv4, 4 bytes).
+    pub local_v4: u32,
+    /// `skc_daddr` (IPv4, 4 bytes).
+    pub remote_v4: u32,
+    /// `skc_v6_rcv_saddr` (16 bytes).
+    pub local_v6: u32,
+    /// `skc_v6_daddr` (16 bytes).
+    pub remote_v6: u32,
+    /// `sk_buff.sk`.
+    pub skb_sk: u32,
+    /// `sk_buff.cb` plus `tcp_skb_cb.tcp_gso_segs` (u16): segments in a TCP skb.
+    pub skb_gso_segs: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 40);
+
+/// Load-time settings of the network programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetConfig {
+    pub sock: SockOffsets,
+    /// [`NetEventKind::bit`]s of the kinds written to the ring; the others
+    /// only teach the programs who owns a socket.
+    pub emit: u32,
+    /// Non-zero: collect the user stack of sends, receives and connects.
+    pub user_stacks: u32,
+    /// Wake the agent once this many bytes wait in the ring (it also
+    /// drains on a timer): one wakeup per batch, not per event.
+    pub wakeup_bytes: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<NetConfig>() == 56);
+
+/// Who owns a socket: learned in task context (send, receive, connect) and
+/// used for events that fire in softirq or timer context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOwner {
+    pub process_start_ns: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub exec_id: u32,
+    pub _pad: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(core::mem::size_of::<SocketOwner>() == 48);
+
+/// Slots of the per-CPU `NET_COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetCounter {
+    /// Events written to the ring.
+    Events = 0,
+    /// Events dropped because the ring was full.
+    RingFull = 1,
+    /// Events about a socket whose owner was never seen (attributed to the kernel).
+    OwnerUnknown = 2,
+    /// A kernel read failed (the event is kept with what was read).
+    ReadError = 3,
+}
+
+impl NetCounter {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [NetCounter; Self::COUNT as usize] = [
+        NetCounter::Events,
+        NetCounter::RingFull,
+        NetCounter::OwnerUnknown,
+        NetCounter::ReadError,
+    ];
+}

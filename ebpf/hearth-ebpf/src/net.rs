@@ -1,0 +1,449 @@
+//! Network events from socket and TCP raw tracepoints, written to
+//! `NET_EVENTS`. Sends, receives and connects run in the task that made the
+//! call: they carry its user stack and teach `SOCKET_OWNERS` who owns the
+//! socket. Retransmits, resets, connect completions and drops usually fire
+//! in softirq or timer context, so they are attributed to that owner (or to
+//! the kernel when none was seen) and carry the kernel stack only.
+
+use aya_ebpf::{
+    EbpfContext, Global,
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+    },
+    macros::{map, raw_tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::RawTracePointContext,
+};
+use hearth_common::{
+    MAX_STACK_DEPTH, SampleHeader,
+    net::{
+        AF_INET, AF_INET6, NET_INFO_BYTES, NetConfig, NetCounter, NetEvent, NetEventKind,
+        SockOffsets, SocketOwner, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT,
+    },
+    record_size,
+};
+
+use crate::{
+    cpu::{SAMPLER_CONFIG, is_traced},
+    task::{process_identity, read_field},
+};
+
+const NO_SOCK_OFFSETS: SockOffsets = SockOffsets {
+    family: 0,
+    local_port: 0,
+    remote_port: 0,
+    local_v4: 0,
+    remote_v4: 0,
+    local_v6: 0,
+    remote_v6: 0,
+    skb_sk: 0,
+    skb_gso_segs: 0,
+    _pad: 0,
+};
+
+/// Set by the agent at load time.
+#[unsafe(no_mangle)]
+static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
+    sock: NO_SOCK_OFFSETS,
+    emit: 0,
+    user_stacks: 0,
+    wakeup_bytes: 0,
+    _pad: 0,
+});
+
+/// Byte size is set by the agent (`network.ring_buffer`).
+#[map]
+static NET_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Socket (`struct sock` address) to the process that last used it; size
+/// set by the agent (`network.socket_owners`).
+#[map]
+static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+static NET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NetCounter::COUNT, 0);
+
+/// One scratch event per program: a softirq program can interrupt a task
+/// program on the same CPU, and each needs its own.
+#[map]
+static NET_SCRATCH: PerCpuArray<NetEvent> = PerCpuArray::with_max_entries(SLOTS, 0);
+
+const SLOT_SEND: u32 = 0;
+const SLOT_RECV: u32 = 1;
+const SLOT_RETRANSMIT: u32 = 2;
+const SLOT_SEND_RESET: u32 = 3;
+const SLOT_RECEIVE_RESET: u32 = 4;
+const SLOT_STATE: u32 = 5;
+const SLOT_DROP: u32 = 6;
+const SLOTS: u32 = 7;
+
+/// `MSG_PEEK`: the bytes stay in the socket and will be read again.
+const MSG_PEEK: u32 = 2;
+
+const STACK_BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
+
+/// A raw tracepoint's kernel stack starts in this program and in
+/// `bpf_trace_run<N>`; the traced function is the third frame.
+const SKIP_TRACING_FRAMES: u64 = 2;
+
+#[inline(always)]
+fn count(counter: NetCounter) {
+    if let Some(slot) = NET_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot; programs do not nest on one slot.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn emits(kind: NetEventKind) -> bool {
+    NET_CONFIG.load().emit & kind.bit() != 0
+}
+
+/// Reads the socket's family, ports and addresses into the event; returns
+/// false for sockets that are not IPv4/IPv6 (Unix, netlink...).
+#[inline(always)]
+fn read_endpoints(sk: *const u8, event: &mut NetEvent) -> bool {
+    let offsets = NET_CONFIG.load().sock;
+    // SAFETY: `sk` is the `struct sock` the tracepoint passed, the offsets
+    // come from the running kernel's BTF, and every read is checked.
+    unsafe {
+        let Ok(family) = read_field::<u16>(sk, offsets.family) else {
+            count(NetCounter::ReadError);
+            return false;
+        };
+        if family != AF_INET && family != AF_INET6 {
+            return false;
+        }
+        let info = &mut event.info;
+        info.family = family;
+        info.local_port = read_field::<u16>(sk, offsets.local_port).unwrap_or(0);
+        info.remote_port = u16::from_be(read_field::<u16>(sk, offsets.remote_port).unwrap_or(0));
+        info.local_addr = [0; 16];
+        info.remote_addr = [0; 16];
+        let read = if family == AF_INET {
+            read_field::<[u8; 4]>(sk, offsets.local_v4).map(|a| info.local_addr[..4].copy_from_slice(&a))
+                .and_then(|()| read_field::<[u8; 4]>(sk, offsets.remote_v4))
+                .map(|a| info.remote_addr[..4].copy_from_slice(&a))
+        } else {
+            read_field::<[u8; 16]>(sk, offsets.local_v6)
+                .map(|a| info.local_addr = a)
+                .and_then(|()| read_field::<[u8; 16]>(sk, offsets.remote_v6))
+                .map(|a| info.remote_addr = a)
+        };
+        if read.is_err() {
+            count(NetCounter::ReadError);
+        }
+    }
+    true
+}
+
+#[inline(always)]
+fn scratch(slot: u32) -> Option<&'static mut NetEvent> {
+    // SAFETY: each program has its own slot and programs do not nest with
+    // themselves, so nothing else holds this reference.
+    NET_SCRATCH.get_ptr_mut(slot).map(|event| unsafe { &mut *event })
+}
+
+/// Copies the used part of `event`, with its `frames` frames, to the ring.
+#[inline(always)]
+fn submit(event: &NetEvent, frames: usize) {
+    // The verifier needs the length bounded right here.
+    if frames > MAX_STACK_DEPTH {
+        return;
+    }
+    // SAFETY: the slice covers the info, the header and `frames` frames,
+    // all inside `event`.
+    let record = unsafe {
+        core::slice::from_raw_parts(
+            (event as *const NetEvent).cast::<u8>(),
+            NET_INFO_BYTES + record_size(frames),
+        )
+    };
+    // Wake the agent only once a batch has gathered: a wakeup per event
+    // would cost more than the event. The agent also drains on a timer.
+    let pending = NET_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if pending >= u64::from(NET_CONFIG.load().wakeup_bytes) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if NET_EVENTS.output::<[u8]>(record, flags as u64).is_err() {
+        count(NetCounter::RingFull);
+    } else {
+        count(NetCounter::Events);
+    }
+}
+
+/// An event in the task that caused it (send, receive, connect): learns
+/// the socket's owner, and writes the event with the task's user stack
+/// when `kind` is wanted.
+#[inline(always)]
+fn task_event<C: EbpfContext>(ctx: &C, slot: u32, kind: NetEventKind, sk: *const u8, value: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let config = SAMPLER_CONFIG.load();
+    if tgid == config.ignored_tgid || (config.filter_tgids != 0 && !is_traced(tgid)) {
+        return;
+    }
+    let Some(event) = scratch(slot) else {
+        return;
+    };
+    if !read_endpoints(sk, event) {
+        return;
+    }
+    // SAFETY (these helpers): they read the current task and CPU and have
+    // no preconditions.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let (start, exec_id) = process_identity(task, &config.task).unwrap_or_else(|_| {
+        count(NetCounter::ReadError);
+        (0, 0)
+    });
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    learn_owner(sk, tgid, tid, exec_id, start, cgroup_id, &comm);
+    if !emits(kind) {
+        return;
+    }
+    event.info.value = value;
+    event.info.socket = sk as u64;
+    event.info.kind = kind as u16;
+    event.info.detail = 0;
+    event.info.from_owner = 0;
+    // SAFETY: no preconditions.
+    let (timestamp_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    event.header = SampleHeader {
+        timestamp_ns,
+        cgroup_id,
+        process_start_ns: start,
+        tgid,
+        tid,
+        cpu,
+        exec_id,
+        kernel_frames: 0,
+        user_frames: 0,
+        comm,
+    };
+    let mut frames = 0usize;
+    if NET_CONFIG.load().user_stacks != 0 {
+        // SAFETY: the stack is written into `frames`, which holds MAX_STACK_DEPTH.
+        let ret = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                event.frames.as_mut_ptr().cast(),
+                STACK_BYTES,
+                BPF_F_USER_STACK as u64,
+            )
+        };
+        if ret > 0 {
+            frames = ret as usize / 8;
+        }
+    }
+    if frames > MAX_STACK_DEPTH {
+        return;
+    }
+    event.header.user_frames = frames as u32;
+    submit(event, frames);
+}
+
+/// Records `tgid` as the socket's owner unless it already is.
+#[inline(always)]
+fn learn_owner(
+    sk: *const u8,
+    tgid: u32,
+    tid: u32,
+    exec_id: u32,
+    start: u64,
+    cgroup_id: u64,
+    comm: &[u8; 16],
+) {
+    let key = sk as u64;
+    if let Some(owner) = SOCKET_OWNERS.get_ptr(key) {
+        // SAFETY: a map value pointer, read once; a racing update at worst
+        // makes this refresh the entry.
+        let owner = unsafe { &*owner };
+        if owner.tgid == tgid && owner.tid == tid && owner.exec_id == exec_id {
+            return;
+        }
+    }
+    let owner = SocketOwner {
+        process_start_ns: start,
+        cgroup_id,
+        tgid,
+        tid,
+        exec_id,
+        _pad: 0,
+        comm: *comm,
+    };
+    let _ = SOCKET_OWNERS.insert(key, owner, 0);
+}
+
+/// An event that fires outside the owning task: attributed to the socket's
+/// owner (or to the kernel), with the kernel stack when `kernel_stack`.
+#[inline(always)]
+fn owner_event<C: EbpfContext>(
+    ctx: &C,
+    slot: u32,
+    kind: NetEventKind,
+    sk: *const u8,
+    value: u64,
+    detail: u32,
+    kernel_stack: bool,
+) {
+    if !emits(kind) {
+        return;
+    }
+    let config = SAMPLER_CONFIG.load();
+    let Some(event) = scratch(slot) else {
+        return;
+    };
+    event.info = Default::default();
+    if !sk.is_null() && !read_endpoints(sk, event) {
+        return;
+    }
+    let owner = if sk.is_null() {
+        None
+    } else {
+        // SAFETY: copied out at once.
+        SOCKET_OWNERS.get_ptr(sk as u64).map(|o| unsafe { *o })
+    };
+    match &owner {
+        Some(owner) if config.filter_tgids != 0 && !is_traced(owner.tgid) => return,
+        Some(_) => {}
+        None if config.filter_tgids != 0 => return,
+        None => count(NetCounter::OwnerUnknown),
+    }
+    event.info.value = value;
+    event.info.socket = sk as u64;
+    event.info.kind = kind as u16;
+    event.info.detail = detail;
+    event.info.from_owner = u32::from(owner.is_some());
+    let owner = owner.unwrap_or(SocketOwner {
+        comm: *b"[kernel]\0\0\0\0\0\0\0\0",
+        ..Default::default()
+    });
+    // SAFETY: no preconditions.
+    let (timestamp_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    event.header = SampleHeader {
+        timestamp_ns,
+        cgroup_id: owner.cgroup_id,
+        process_start_ns: owner.process_start_ns,
+        tgid: owner.tgid,
+        tid: owner.tid,
+        cpu,
+        exec_id: owner.exec_id,
+        kernel_frames: 0,
+        user_frames: 0,
+        comm: owner.comm,
+    };
+    let mut frames = 0usize;
+    if kernel_stack && config.skip_kernel_stack == 0 {
+        // SAFETY: the stack is written into `frames`, which holds MAX_STACK_DEPTH.
+        let ret = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                event.frames.as_mut_ptr().cast(),
+                STACK_BYTES,
+                SKIP_TRACING_FRAMES,
+            )
+        };
+        if ret > 0 {
+            frames = ret as usize / 8;
+        }
+    }
+    if frames > MAX_STACK_DEPTH {
+        return;
+    }
+    event.header.kernel_frames = frames as u32;
+    submit(event, frames);
+}
+
+/// `sock_send_length(struct sock *sk, int ret, int flags)`.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn net_send(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg::<i32>(1).into();
+    if ret > 0 {
+        task_event(&ctx, SLOT_SEND, NetEventKind::Send, sk, ret as u64);
+    }
+    0
+}
+
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn net_recv(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg::<i32>(1).into();
+    let flags: u32 = ctx.arg(2);
+    if ret > 0 && flags & MSG_PEEK == 0 {
+        task_event(&ctx, SLOT_RECV, NetEventKind::Receive, sk, ret as u64);
+    }
+    0
+}
+
+/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err)`.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn net_retransmit(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    let err: i32 = ctx.arg(2);
+    if err != 0 {
+        return 0; // not sent, and not counted in RetransSegs either
+    }
+    let offsets = NET_CONFIG.load().sock;
+    // SAFETY: `skb` is the retransmitted TCP skb; offset from BTF.
+    let segments: u16 = unsafe { read_field(skb, offsets.skb_gso_segs) }.unwrap_or(1);
+    let segments = u64::from(segments.max(1));
+    owner_event(&ctx, SLOT_RETRANSMIT, NetEventKind::Retransmit, sk, segments, 0, true);
+    0
+}
+
+/// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason)`;
+/// `sk` is NULL when the reset answers a packet no socket wanted.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn net_send_reset(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let reason: u32 = ctx.arg(2);
+    owner_event(&ctx, SLOT_SEND_RESET, NetEventKind::ResetSent, sk, 1, reason, true);
+    0
+}
+
+/// `tcp_receive_reset(struct sock *sk)`.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn net_receive_reset(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    owner_event(&ctx, SLOT_RECEIVE_RESET, NetEventKind::ResetReceived, sk, 1, 0, true);
+    0
+}
+
+/// `inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`:
+/// a connect starts in the calling task (SYN_SENT) and ends, usually in
+/// softirq, when the handshake completes or fails.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn net_state(ctx: RawTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: u32 = ctx.arg(1);
+    let new: u32 = ctx.arg(2);
+    if new == TCP_SYN_SENT {
+        task_event(&ctx, SLOT_STATE, NetEventKind::ConnectStart, sk, 1);
+    } else if old == TCP_SYN_SENT && (new == TCP_ESTABLISHED || new == TCP_CLOSE) {
+        owner_event(&ctx, SLOT_STATE, NetEventKind::ConnectEnd, sk, 1, new, false);
+    }
+    0
+}
+
+/// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn net_drop(ctx: RawTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let reason: u32 = ctx.arg(2);
+    let mut sk: *const u8 = ctx.arg(3);
+    if sk.is_null() {
+        let offsets = NET_CONFIG.load().sock;
+        // SAFETY: `skb` is the freed skb; offset from BTF.
+        sk = unsafe { read_field(skb, offsets.skb_sk) }.unwrap_or(core::ptr::null());
+    }
+    owner_event(&ctx, SLOT_DROP, NetEventKind::Drop, sk, 1, reason, true);
+    0
+}
