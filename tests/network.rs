@@ -68,13 +68,25 @@ fn bytes_sent_and_received_are_attributed_exactly_to_the_functions_that_moved_th
     let rx = read_folded(&dir.path().join("net.rx-bytes.folded"));
     assert!(!out.exists(), "several events write one file each");
 
-    let sent = value_through(&tx, "net_bytes", &["main", "send_to", "send_all", "tx_chunk"]);
-    let received = value_through(&rx, "net_bytes", &["main", "receive", "receive_all", "rx_chunk"]);
+    let sent = value_through(
+        &tx,
+        "net_bytes",
+        &["main", "send_to", "send_all", "tx_chunk"],
+    );
+    let received = value_through(
+        &rx,
+        "net_bytes",
+        &["main", "receive", "receive_all", "rx_chunk"],
+    );
     assert_eq!(sent, BYTES, "tx-bytes through send_all: {tx:?}");
     assert_eq!(received, BYTES, "rx-bytes through receive_all: {rx:?}");
     // Nothing else of the fixture's moved bytes: the totals are exact too.
     let total = |stacks: &[(Vec<String>, u64)]| -> u64 {
-        stacks.iter().filter(|(f, _)| f[0] == "net_bytes").map(|(_, v)| v).sum()
+        stacks
+            .iter()
+            .filter(|(f, _)| f[0] == "net_bytes")
+            .map(|(_, v)| v)
+            .sum()
     };
     assert_eq!((total(&tx), total(&rx)), (BYTES, BYTES));
 }
@@ -142,7 +154,12 @@ EOF",
             .split_whitespace()
             .position(|n| n == "RetransSegs")
             .expect("RetransSegs column");
-        values.split_whitespace().nth(column).unwrap().parse().unwrap()
+        values
+            .split_whitespace()
+            .nth(column)
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 }
 
@@ -197,7 +214,12 @@ fn retransmits_over_a_lossy_link_agree_with_the_kernel_counter() {
     let sender = Command::new("ip")
         .args(["netns", "exec", &namespaces.sender])
         .arg(&fixture)
-        .args(["send", RECEIVER_ADDRESS, &PORT.to_string(), &BYTES.to_string()])
+        .args([
+            "send",
+            RECEIVER_ADDRESS,
+            &PORT.to_string(),
+            &BYTES.to_string(),
+        ])
         .spawn()
         .unwrap();
     let sender_pid = sender.id().to_string();
@@ -241,9 +263,10 @@ fn retransmits_over_a_lossy_link_agree_with_the_kernel_counter() {
         .sum();
     assert!(filtered > 0, "no NETFILTER_DROP drops: {drops:?}");
     assert!(
-        drops
-            .iter()
-            .any(|s| s.functions.first().is_some_and(|f| f == "[drop: NETFILTER_DROP]")),
+        drops.iter().any(|s| s
+            .functions
+            .first()
+            .is_some_and(|f| f == "[drop: NETFILTER_DROP]")),
         "the reason is the leaf frame"
     );
 }
@@ -300,7 +323,11 @@ fn resets_and_connect_latency_are_measured_on_real_connections() {
             && s.functions.iter().any(|f| f == "tcp_send_active_reset")),
         "the server's reset, with its reason and kernel stack: {resets:?}"
     );
-    assert!(resets.iter().all(|s| s.label("process_name") == Some("net_bytes")));
+    assert!(
+        resets
+            .iter()
+            .all(|s| s.label("process_name") == Some("net_bytes"))
+    );
 
     let latency = pprof_samples(&dir.path().join("conn.connect-latency.pb.gz"));
     let outcome = |o: &str| -> Vec<&PprofSample> {
@@ -318,7 +345,10 @@ fn resets_and_connect_latency_are_measured_on_real_connections() {
             sample.value > 0 && sample.value < 1_000_000_000,
             "a loopback handshake takes well under a second: {sample:?}"
         );
-        assert_eq!(sample.functions.first().map(String::as_str), Some("connect_to"));
+        assert_eq!(
+            sample.functions.first().map(String::as_str),
+            Some("connect_to")
+        );
         assert!(sample.functions.iter().any(|f| f == "main"));
     }
 }

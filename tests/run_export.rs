@@ -540,3 +540,91 @@ fn bad_configuration_is_refused_at_start() {
         "{text}"
     );
 }
+
+/// `hearth run --event tx-bytes` exports a `tx_bytes` profile next to the
+/// CPU one, over OTLP and to Pyroscope, with the peer as an attribute.
+#[test]
+fn network_profiles_are_exported_next_to_cpu() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let otlp = OtlpReceiver::start("grpc", 0, &dir.path().join("requests.jsonl"));
+    let pyroscope_dir = tempfile::tempdir().unwrap();
+    let pyroscope = PyroscopeReceiver::start(pyroscope_dir.path());
+    let fixture = build_c(
+        "net_bytes.c",
+        dir.path(),
+        &["-O2", "-fno-omit-frame-pointer"],
+    );
+    let busy = Running::spawn(&build_two_leaves_c(dir.path()), &["8"]);
+    let metrics_port = free_port();
+    let agent = spawn_agent(
+        &[
+            "--event",
+            "cpu",
+            "--event",
+            "tx-bytes",
+            "--otlp-endpoint",
+            &otlp.endpoint(),
+            "--pyroscope-url",
+            &pyroscope.url(),
+            "--export-interval",
+            "1s",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+        &[],
+    );
+    wait_ready(metrics_port, Duration::from_secs(20));
+    const BYTES: u64 = 5_000_011;
+    let transfer = Running::spawn(&fixture, &["pair", &BYTES.to_string()])
+        .output_within(Duration::from_secs(30));
+    assert!(transfer.status.success());
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, metrics) = http_get(metrics_port, "/metrics");
+    let output = terminate(agent, Duration::from_secs(20));
+    assert!(output.status.success(), "agent: {}", stderr(&output));
+    drop(busy);
+
+    let requests = otlp.requests();
+    no_protocol_errors(&requests);
+    let mut types = std::collections::BTreeSet::new();
+    let mut sent = 0;
+    for resource in requests
+        .iter()
+        .flat_map(|r| r["resources"].as_array().unwrap())
+    {
+        let is_fixture = resource["attributes"]["process.executable.name"] == "net_bytes";
+        for profile in resource["profiles"].as_array().unwrap() {
+            let sample_type = profile["sample_type"].to_string();
+            types.insert(sample_type.clone());
+            if sample_type != r#"["tx_bytes","bytes"]"# || !is_fixture {
+                continue;
+            }
+            assert_eq!(profile["period_type"].to_string(), sample_type);
+            for sample in profile["samples"].as_array().unwrap() {
+                assert_eq!(sample["attributes"]["network.peer.address"], "127.0.0.1");
+                assert!(sample["attributes"]["network.peer.port"].is_u64());
+                let frames = sample["frames"].to_string();
+                assert!(frames.contains("send_all"), "{frames}");
+                sent += sample["value"].as_u64().unwrap();
+            }
+        }
+    }
+    assert!(
+        types.contains(r#"["samples","count"]"#),
+        "a CPU profile too: {types:?}"
+    );
+    assert_eq!(sent, BYTES, "every byte the fixture sent, over OTLP");
+    assert!(metric(&metrics, "hearth_network_events_total").unwrap() >= 1.0);
+
+    let names: std::collections::BTreeSet<String> = pyroscope
+        .wait_for(1, Duration::from_secs(1))
+        .iter()
+        .flat_map(|r| r["series"].as_array().unwrap().clone())
+        .map(|series| series["labels"]["__name__"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        names.contains("network_tx_bytes") && names.contains("process_cpu"),
+        "{names:?}"
+    );
+}

@@ -6,8 +6,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     config::{ConfigFlag, ConfigSources, OtlpProtocol},
-    export::OutputFormat,
     event::Event,
+    export::OutputFormat,
     probes::RingBufferSize,
 };
 

@@ -133,6 +133,9 @@ mod tests {
             assert_eq!(event.name().parse::<Event>(), Ok(event));
         }
         let err = "tx_bytes".parse::<Event>().unwrap_err();
-        assert!(err.contains("tx-bytes") && err.contains("connect-latency"), "{err}");
+        assert!(
+            err.contains("tx-bytes") && err.contains("connect-latency"),
+            "{err}"
+        );
     }
 }

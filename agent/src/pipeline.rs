@@ -67,7 +67,15 @@ impl Pipeline {
 
     /// Network events counted in the current window.
     pub fn network_events(&self) -> u64 {
-        self.network.as_ref().map_or(0, NetAggregator::events_counted)
+        self.network
+            .as_ref()
+            .map_or(0, NetAggregator::events_counted)
+    }
+
+    /// A new stack generation the network programs must be told of (the
+    /// agent forgot the stacks their call sites point at).
+    pub fn take_stack_generation(&mut self) -> Option<u64> {
+        self.network.as_mut()?.take_generation()
     }
 
     /// Network events counted since the pipeline was made.

@@ -1,8 +1,8 @@
 //! Hearth's developer tasks. Each one installs what it is missing first, so
 //! the README's commands work on a fresh machine.
 
-mod setup;
 mod netbench;
+mod setup;
 mod soak;
 
 use std::{

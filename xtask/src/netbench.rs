@@ -38,7 +38,7 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]
@@ -79,7 +79,10 @@ fn transfer(fixture: &Path, bytes: u64) -> anyhow::Result<f64> {
         .output()
         .context("running the transfer fixture")?;
     if !output.status.success() {
-        bail!("transfer failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "transfer failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&output.stdout);
     let seconds: f64 = text

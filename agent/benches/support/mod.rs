@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hearth::probes::{Probes, RawSample, ProbeSettings};
+use hearth::probes::{ProbeSettings, Probes, RawSample};
 
 /// Recurses to `depth`, then spins; many depths give many distinct stacks.
 #[inline(never)]

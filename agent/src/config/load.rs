@@ -229,6 +229,9 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     if let Err(problem) = crate::probes::check_ring_buffer_size(config.network.ring_buffer) {
         return Err(("network.ring_buffer", problem));
     }
+    if config.network.call_sites == 0 {
+        return Err(("network.call_sites", "must be at least 1".into()));
+    }
     if config.network.socket_owners == 0 {
         return Err(("network.socket_owners", "must be at least 1".into()));
     }

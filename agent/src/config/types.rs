@@ -98,6 +98,9 @@ pub struct NetworkConfig {
     pub max_pending_connects: usize,
     /// Collect the user stack of each send, receive and connect.
     pub user_stacks: bool,
+    /// Threads' last send/receive call sites remembered (in the kernel and
+    /// the agent), so a loop of calls from one place walks its stack once.
+    pub call_sites: u32,
 }
 
 impl Default for NetworkConfig {
@@ -107,6 +110,7 @@ impl Default for NetworkConfig {
             socket_owners: network::DEFAULT_SOCKET_OWNERS,
             max_pending_connects: network::DEFAULT_PENDING_CONNECTS,
             user_stacks: true,
+            call_sites: network::DEFAULT_CALL_SITES,
         }
     }
 }

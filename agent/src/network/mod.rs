@@ -21,6 +21,8 @@ use crate::{
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 /// Default sockets whose owner the kernel remembers (`network.socket_owners`).
 pub const DEFAULT_SOCKET_OWNERS: u32 = 65536;
+/// Default threads' call sites remembered (`network.call_sites`).
+pub const DEFAULT_CALL_SITES: u32 = 16384;
 /// Default connects waiting for their handshake to end (`network.max_pending_connects`).
 pub const DEFAULT_PENDING_CONNECTS: usize = 4096;
 
@@ -75,6 +77,8 @@ pub struct NetStats {
     pub pending_connects_dropped: u64,
     /// Connect ends whose start was never seen (the agent started mid-handshake).
     pub unmatched_connect_ends: u64,
+    /// Events whose reused stack the agent no longer had (counted with no stack).
+    pub stacks_forgotten: u64,
 }
 
 pub struct NetAggregator {
@@ -82,6 +86,13 @@ pub struct NetAggregator {
     /// Connect starts by socket: the start record, waiting for its end.
     pending: FxHashMap<u64, Box<[u8]>>,
     max_pending: usize,
+    /// Each thread's last walked record per kind, for the records that
+    /// reuse its stack (`FLAG_SAME_STACK`).
+    last_walked: FxHashMap<(u32, u16), Box<[u8]>>,
+    max_last_walked: usize,
+    /// Bumped when `last_walked` is emptied; the kernel must learn it.
+    generation: u64,
+    generation_published: u64,
     reasons: ReasonNames,
     stats: NetStats,
 }
@@ -91,7 +102,12 @@ const OUTCOME_ESTABLISHED: u64 = 1;
 impl NetAggregator {
     /// Aggregates the network events among `events`; at most
     /// `max_pending_connects` connects wait for their end at once.
-    pub fn new(events: &[Event], max_pending_connects: usize, reasons: ReasonNames) -> Self {
+    pub fn new(
+        events: &[Event],
+        max_pending_connects: usize,
+        call_sites: usize,
+        reasons: ReasonNames,
+    ) -> Self {
         Self {
             tables: events
                 .iter()
@@ -100,6 +116,10 @@ impl NetAggregator {
                 .collect(),
             pending: FxHashMap::default(),
             max_pending: max_pending_connects,
+            last_walked: FxHashMap::default(),
+            max_last_walked: call_sites,
+            generation: 0,
+            generation_published: 0,
             reasons,
             stats: NetStats::default(),
         }
@@ -129,26 +149,68 @@ impl NetAggregator {
         }
     }
 
+    /// A new stack generation the kernel must be told of, once.
+    pub fn take_generation(&mut self) -> Option<u64> {
+        (self.generation != self.generation_published).then(|| {
+            self.generation_published = self.generation;
+            self.generation
+        })
+    }
+
     pub fn add(&mut self, record: &NetRecord<'_>, bytes: &[u8], processes: &mut ProcessTable) {
+        if matches!(record.kind, NetEventKind::Send | NetEventKind::Receive) {
+            let key = (record.sample.header.tid, record.kind as u16);
+            if record.same_stack() {
+                if let Some(walked) = self.last_walked.get(&key) {
+                    // The walked record's stack, with this call's bytes.
+                    let stack = NetRecord::decode(walked).expect("decoded before");
+                    let merged = NetRecord {
+                        info: record.info,
+                        kind: record.kind,
+                        sample: stack.sample,
+                    };
+                    Self::add_to_table(&mut self.tables, &self.reasons, &merged, processes);
+                    return;
+                }
+                self.stats.stacks_forgotten += 1;
+            } else if record.sample.header.user_frames > 0 {
+                if self.last_walked.len() >= self.max_last_walked
+                    && !self.last_walked.contains_key(&key)
+                {
+                    self.last_walked.clear();
+                    self.generation += 1;
+                }
+                self.last_walked.insert(key, bytes.into());
+            }
+        }
+        if record.kind == NetEventKind::ConnectStart {
+            if self.tables.contains_key(&Event::ConnectLatency) {
+                self.connect_started(record, bytes);
+            }
+            return;
+        }
+        if record.kind == NetEventKind::ConnectEnd {
+            self.connect_ended(record, processes);
+            return;
+        }
+        Self::add_to_table(&mut self.tables, &self.reasons, record, processes);
+    }
+
+    fn add_to_table(
+        tables: &mut BTreeMap<Event, StackTable>,
+        reasons: &ReasonNames,
+        record: &NetRecord<'_>,
+        processes: &mut ProcessTable,
+    ) {
         let event = match record.kind {
             NetEventKind::Send => Event::TxBytes,
             NetEventKind::Receive => Event::RxBytes,
             NetEventKind::Retransmit => Event::Retransmits,
             NetEventKind::ResetSent | NetEventKind::ResetReceived => Event::Resets,
             NetEventKind::Drop => Event::Drops,
-            NetEventKind::ConnectStart => {
-                if self.tables.contains_key(&Event::ConnectLatency) {
-                    self.connect_started(record, bytes);
-                }
-                return;
-            }
-            NetEventKind::ConnectEnd => {
-                self.connect_ended(record, processes);
-                return;
-            }
+            NetEventKind::ConnectStart | NetEventKind::ConnectEnd => return,
         };
-        let reasons = &self.reasons;
-        let Some(table) = self.tables.get_mut(&event) else {
+        let Some(table) = tables.get_mut(&event) else {
             return;
         };
         let detail = match record.kind {
@@ -215,7 +277,9 @@ fn tag_key(record: &NetRecord<'_>, detail: u64) -> [u64; 4] {
     [
         u64::from_ne_bytes(info.remote_addr[..8].try_into().unwrap()),
         u64::from_ne_bytes(info.remote_addr[8..].try_into().unwrap()),
-        u64::from(info.family) << 32 | u64::from(info.remote_port) << 16 | u64::from(info.local_port),
+        u64::from(info.family) << 32
+            | u64::from(info.remote_port) << 16
+            | u64::from(info.local_port),
         detail,
     ]
 }
@@ -225,10 +289,8 @@ fn tag(record: &NetRecord<'_>, reasons: &ReasonNames) -> EventTag {
     let mut tag = EventTag::default();
     // A port of 0 is one the socket no longer (or not yet) has.
     if let Some((address, port)) = record.remote() {
-        tag.labels.push((
-            "network.peer.address",
-            TagValue::Text(address.to_string()),
-        ));
+        tag.labels
+            .push(("network.peer.address", TagValue::Text(address.to_string())));
         if port != 0 {
             tag.labels
                 .push(("network.peer.port", TagValue::Num(i64::from(port))));
@@ -249,7 +311,8 @@ fn tag(record: &NetRecord<'_>, reasons: &ReasonNames) -> EventTag {
             tag.leaf = Some("[reset sent]".into());
             tag.labels
                 .push(("tcp.reset.direction", TagValue::Text("sent".into())));
-            tag.labels.push(("tcp.reset.reason", TagValue::Text(reason)));
+            tag.labels
+                .push(("tcp.reset.reason", TagValue::Text(reason)));
         }
         NetEventKind::ResetReceived => {
             tag.leaf = Some("[reset received]".into());
@@ -300,7 +363,7 @@ mod tests {
     #[test]
     fn bytes_sum_per_stack_and_peer() {
         let mut processes = ProcessTable::new(ProcessLimits::default());
-        let mut agg = NetAggregator::new(&[Event::TxBytes], 16, ReasonNames::default());
+        let mut agg = NetAggregator::new(&[Event::TxBytes], 16, 16, ReasonNames::default());
         for (value, port) in [(100, 80), (250, 80), (7, 443)] {
             add(
                 &mut agg,
@@ -319,17 +382,49 @@ mod tests {
         values.sort();
         assert_eq!(values, [7, 350]);
         let tag = table.stacks()[0].tag.as_deref().unwrap();
-        assert!(tag.labels.contains(&(
-            "network.peer.address",
-            TagValue::Text("127.0.0.1".into())
-        )));
+        assert!(
+            tag.labels
+                .contains(&("network.peer.address", TagValue::Text("127.0.0.1".into())))
+        );
         assert!(agg.table(Event::RxBytes).is_none());
+    }
+
+    #[test]
+    fn calls_from_the_same_site_reuse_the_walked_stack() {
+        let mut processes = ProcessTable::new(ProcessLimits::default());
+        let mut agg = NetAggregator::new(&[Event::TxBytes], 16, 1, ReasonNames::default());
+        add(
+            &mut agg,
+            &mut processes,
+            &record(NetEventKind::Send, 100, 1, 80, &[0x10, 0x20]),
+        );
+        let mut repeat = record(NetEventKind::Send, 50, 2, 80, &[]);
+        let at = std::mem::offset_of!(NetEventInfo, flags);
+        repeat[at..at + 4].copy_from_slice(&hearth_common::net::FLAG_SAME_STACK.to_ne_bytes());
+        add(&mut agg, &mut processes, &repeat);
+        let table = agg.table(Event::TxBytes).unwrap();
+        let [stack] = table.stacks() else {
+            panic!("one stack expected: {:?}", table.stacks())
+        };
+        assert_eq!((stack.count, stack.user.len()), (150, 2));
+
+        // Another thread's walk overflows the bound: the cache is emptied,
+        // the kernel told, and a later reuse is counted, its bytes kept.
+        let mut other = record(NetEventKind::Send, 1, 3, 80, &[0x30]);
+        let tid = std::mem::offset_of!(SampleHeader, tid) + hearth_common::net::NET_INFO_BYTES;
+        other[tid..tid + 4].copy_from_slice(&1u32.to_ne_bytes());
+        add(&mut agg, &mut processes, &other);
+        assert_eq!(agg.take_generation(), Some(1));
+        assert_eq!(agg.take_generation(), None);
+        add(&mut agg, &mut processes, &repeat);
+        assert_eq!(agg.stats().stacks_forgotten, 1);
+        assert_eq!(agg.events_counted(), 4);
     }
 
     #[test]
     fn a_connect_start_and_end_make_one_latency() {
         let mut processes = ProcessTable::new(ProcessLimits::default());
-        let mut agg = NetAggregator::new(&[Event::ConnectLatency], 1, ReasonNames::default());
+        let mut agg = NetAggregator::new(&[Event::ConnectLatency], 1, 16, ReasonNames::default());
         add(
             &mut agg,
             &mut processes,
@@ -365,7 +460,11 @@ mod tests {
         assert_eq!(agg.stats().unmatched_connect_ends, 1);
         let mut other = record(NetEventKind::ConnectStart, 1, 1, 80, &[]);
         other[8] ^= 0xff; // another socket
-        add(&mut agg, &mut processes, &record(NetEventKind::ConnectStart, 1, 1, 80, &[]));
+        add(
+            &mut agg,
+            &mut processes,
+            &record(NetEventKind::ConnectStart, 1, 1, 80, &[]),
+        );
         add(&mut agg, &mut processes, &other);
         assert_eq!(agg.stats().pending_connects_dropped, 1);
     }
@@ -375,7 +474,7 @@ mod tests {
         let mut processes = ProcessTable::new(ProcessLimits::default());
         let mut reasons = ReasonNames::default();
         reasons.drops.insert(77, "NETFILTER_DROP".into());
-        let mut agg = NetAggregator::new(&[Event::Drops], 1, reasons);
+        let mut agg = NetAggregator::new(&[Event::Drops], 1, 16, reasons);
         let mut info = NetRecord::decode(&record(NetEventKind::Drop, 1, 1, 80, &[]))
             .unwrap()
             .info;

@@ -60,7 +60,9 @@ pub fn sock_offsets(path: &Path) -> Result<SockOffsets, BtfError> {
         skb_sk: member_offset(&btf, "sk_buff", "sk")?,
         skb_gso_segs: member_offset(&btf, "sk_buff", "cb")?
             + member_offset(&btf, "tcp_skb_cb", "tcp_gso_segs")?,
-        _pad: 0,
+        regs_ip: member_offset(&btf, "pt_regs", "ip")?,
+        regs_sp: member_offset(&btf, "pt_regs", "sp")?,
+        regs_bp: member_offset(&btf, "pt_regs", "bp")?,
     })
 }
 
@@ -175,7 +177,10 @@ mod tests {
         assert_eq!(offsets.local_port, offsets.remote_port + 2);
         assert!(offsets.skb_sk > 0 && offsets.skb_gso_segs > offsets.skb_sk);
         let reasons = enum_names(path, "skb_drop_reason", "SKB_DROP_REASON_");
-        assert!(reasons.values().any(|r| r == "NETFILTER_DROP"), "{reasons:?}");
+        assert!(
+            reasons.values().any(|r| r == "NETFILTER_DROP"),
+            "{reasons:?}"
+        );
     }
 
     #[test]

@@ -13,10 +13,10 @@ use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         PerfEvent, ProgramError, RawTracePoint,
-        raw_trace_point::RawTracePointLinkId,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
+        raw_trace_point::RawTracePointLinkId,
     },
     util::online_cpus,
 };
@@ -40,6 +40,8 @@ const COUNTERS: &str = "COUNTERS";
 const NET_RING: &str = "NET_EVENTS";
 const NET_COUNTERS: &str = "NET_COUNTERS";
 const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
+const CALL_SITES: &str = "CALL_SITES";
+const STACK_GENERATION: &str = "STACK_GENERATION";
 
 /// The network programs, their tracepoints, and the kinds that need them
 /// (empty: always attached when any network event is wanted, because they
@@ -53,7 +55,11 @@ const NET_PROGRAMS: [(&str, &str, Option<NetEventKind>); 7] = [
         "tcp_retransmit_skb",
         Some(NetEventKind::Retransmit),
     ),
-    ("net_send_reset", "tcp_send_reset", Some(NetEventKind::ResetSent)),
+    (
+        "net_send_reset",
+        "tcp_send_reset",
+        Some(NetEventKind::ResetSent),
+    ),
     (
         "net_receive_reset",
         "tcp_receive_reset",
@@ -329,6 +335,7 @@ impl Probes {
                 net.map_or(UNUSED_RING_BYTES, |n| n.ring_buffer_bytes),
             )
             .map_max_entries(SOCKET_OWNERS, net.map_or(1, |n| n.socket_owners.max(1)))
+            .map_max_entries(CALL_SITES, net.map_or(1, |n| n.call_sites.max(1)))
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
 
@@ -405,10 +412,7 @@ impl Probes {
     }
 
     fn take_ring_named(&mut self, name: &'static str) -> Result<SampleRing, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or(ProbeError::Missing(name))?;
+        let map = self.ebpf.take_map(name).ok_or(ProbeError::Missing(name))?;
         let ring: RingBuf<MapData> =
             RingBuf::try_from(map).map_err(|source| map_error(name, source))?;
         SampleRing::new(ring).map_err(ProbeError::Ring)
@@ -422,12 +426,13 @@ impl Probes {
             for (name, tracepoint, kind) in NET_PROGRAMS {
                 if kind.is_none_or(|kind| emit.contains(&kind)) {
                     let program: &mut RawTracePoint = program(&mut self.ebpf, name)?;
-                    let link = program
-                        .attach(tracepoint)
-                        .map_err(|source| ProbeError::Program {
-                            program: name,
-                            source,
-                        })?;
+                    let link =
+                        program
+                            .attach(tracepoint)
+                            .map_err(|source| ProbeError::Program {
+                                program: name,
+                                source,
+                            })?;
                     self.net_links.push((name, link));
                 }
             }
@@ -500,6 +505,20 @@ impl Probes {
 }
 
 impl Probes {
+    /// Tells the network programs that the agent forgot the stacks their
+    /// call sites point at: every thread walks its stack afresh.
+    pub fn set_stack_generation(&mut self, generation: u64) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(STACK_GENERATION)
+            .ok_or(ProbeError::Missing(STACK_GENERATION))?;
+        let mut array: aya::maps::Array<_, u64> = aya::maps::Array::try_from(map)
+            .map_err(|source| map_error(STACK_GENERATION, source))?;
+        array
+            .set(0, generation, 0)
+            .map_err(|source| map_error(STACK_GENERATION, source))
+    }
+
     /// The network programs' counters (all zero when none are loaded).
     pub fn net_counters(&self) -> Result<NetCounters, ProbeError> {
         let map_err = |source| map_error(NET_COUNTERS, source);

@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hearth_common::{
     SampleHeader,
-    net::{AF_INET, AF_INET6, NET_INFO_BYTES, NetCounter, NetEventInfo, NetEventKind},
+    net::{
+        AF_INET, AF_INET6, FLAG_SAME_STACK, NET_INFO_BYTES, NetCounter, NetEventInfo, NetEventKind,
+    },
 };
 
 use super::{RawSample, SampleDecodeError, encode_sample};
@@ -22,6 +24,9 @@ pub struct NetSettings {
     pub socket_owners: u32,
     /// Collect the user stack of sends, receives and connects.
     pub user_stacks: bool,
+    /// Threads' last call sites remembered, so that repeated sends and
+    /// receives from one place skip the stack walk.
+    pub call_sites: u32,
 }
 
 /// One decoded network record.
@@ -40,7 +45,8 @@ impl<'a> NetRecord<'a> {
         // SAFETY: the length was checked; NetEventInfo is integers only, so
         // every bit pattern is valid; the read needs no alignment.
         let info = unsafe { bytes.as_ptr().cast::<NetEventInfo>().read_unaligned() };
-        let kind = NetEventKind::from_u16(info.kind).ok_or(SampleDecodeError::BadKind(info.kind))?;
+        let kind =
+            NetEventKind::from_u16(info.kind).ok_or(SampleDecodeError::BadKind(info.kind))?;
         let sample = RawSample::decode(&bytes[NET_INFO_BYTES..])?;
         Ok(Self { info, kind, sample })
     }
@@ -48,6 +54,11 @@ impl<'a> NetRecord<'a> {
     /// The remote end, when the event has a socket.
     pub fn remote(&self) -> Option<(IpAddr, u16)> {
         address(self.info.family, &self.info.remote_addr).map(|a| (a, self.info.remote_port))
+    }
+
+    /// The stack is this thread's last one of the same kind (not walked).
+    pub fn same_stack(&self) -> bool {
+        self.info.flags & FLAG_SAME_STACK != 0
     }
 
     /// The local end, when the event has a socket.
@@ -142,7 +153,10 @@ mod tests {
         info.remote_addr = "::ffff:127.0.0.1".parse::<Ipv6Addr>().unwrap().octets();
         let bytes = encode(info, SampleHeader::default(), &[], &[]);
         let record = NetRecord::decode(&bytes).unwrap();
-        assert_eq!(record.remote().unwrap().0, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            record.remote().unwrap().0,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
 
         info.kind = 99;
         let bytes = encode(info, SampleHeader::default(), &[], &[]);

@@ -93,6 +93,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         ring_buffer_bytes: network::DEFAULT_RING_BYTES,
         socket_owners: network::DEFAULT_SOCKET_OWNERS,
         user_stacks: true,
+        call_sites: network::DEFAULT_CALL_SITES,
     });
     let mut sampler = Probes::load(&ProbeSettings {
         cpu: options.samples_cpu(),
@@ -118,6 +119,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         pipeline = pipeline.with_network(NetAggregator::new(
             &network_events,
             network::DEFAULT_PENDING_CONNECTS,
+            network::DEFAULT_CALL_SITES as usize,
             ReasonNames::from_kernel(),
         ));
     }
@@ -170,6 +172,9 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
                 }
                 _ = net_drain.tick() => {
                     net_ring.drain(|record| pipeline.ingest_net(record));
+                    if let Some(generation) = pipeline.take_stack_generation() {
+                        sampler.set_stack_generation(generation)?;
+                    }
                 }
                 () = &mut deadline => break StopReason::DurationElapsed,
                 exit = &mut command_exit => {

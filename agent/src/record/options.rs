@@ -135,7 +135,11 @@ impl RecordOptions {
 
     /// The network events asked for.
     pub fn network_events(&self) -> Vec<Event> {
-        self.events.iter().copied().filter(|e| e.is_network()).collect()
+        self.events
+            .iter()
+            .copied()
+            .filter(|e| e.is_network())
+            .collect()
     }
 }
 
@@ -190,8 +194,17 @@ mod tests {
         let one = parse(&["-e", "tx-bytes", "-o", "net.folded"]).unwrap();
         assert_eq!(one.outputs, [(Event::TxBytes, "net.folded".into())]);
         assert!(!one.samples_cpu());
-        let several = parse(&["-e", "tx-bytes", "-e", "cpu", "-e", "tx-bytes", "-o", "d/net.pb.gz"])
-            .unwrap();
+        let several = parse(&[
+            "-e",
+            "tx-bytes",
+            "-e",
+            "cpu",
+            "-e",
+            "tx-bytes",
+            "-o",
+            "d/net.pb.gz",
+        ])
+        .unwrap();
         assert_eq!(
             several.outputs,
             [

@@ -22,11 +22,11 @@ use tokio::{
 
 use crate::{
     config::Config,
+    event::Event,
     export::{otlp::OtlpClient, pyroscope::PyroscopeClient, resource::ResourceNamer},
+    network::{self, NetAggregator, ReasonNames},
     pipeline::{Pipeline, WindowLimits},
     preflight,
-    event::Event,
-    network::{self, NetAggregator, ReasonNames},
     probes::{
         NET_DRAIN_INTERVAL, NetSettings, ProbeSettings, Probes, check_frequency, online_cpu_count,
     },
@@ -170,6 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ring_buffer_bytes: config.network.ring_buffer.0 as u32,
         socket_owners: config.network.socket_owners,
         user_stacks: config.network.user_stacks,
+        call_sites: config.network.call_sites,
     });
     let mut sampler = Probes::load(&ProbeSettings {
         cpu: config.events.contains(&Event::Cpu),
@@ -198,6 +199,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pipeline = pipeline.with_network(NetAggregator::new(
             &network_events,
             config.network.max_pending_connects,
+            config.network.call_sites as usize,
             ReasonNames::from_kernel(),
         ));
     }
@@ -257,6 +259,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             _ = net_drain.tick() => {
                 net_ring.drain(|record| pipeline.ingest_net(record));
+                if let Some(generation) = pipeline.take_stack_generation() {
+                    sampler.set_stack_generation(generation)?;
+                }
             }
             _ = export_tick.tick() => window_start = finish_window!(),
             _ = refresh_tick.tick() => {

@@ -8,12 +8,12 @@ use prost::Message;
 
 use super::delivery::Outbox;
 use crate::{
+    event::Event,
     export::{
         otlp::encode_request,
         pyroscope::{encode_push, labelled_profiles},
         resource::ResourceNamer,
     },
-    event::Event,
     pipeline::{Pipeline, WindowLimits},
     profile::{Profile, ProfileMeta},
     retention::{History, HistoryEntry},
@@ -117,9 +117,7 @@ fn export(ctx: &mut WindowContext<'_>, profile: &Profile, start: WindowStart, ne
             now,
         );
     }
-    ctx.telemetry
-        .history_bytes
-        .set(ctx.history.bytes() as i64);
+    ctx.telemetry.history_bytes.set(ctx.history.bytes() as i64);
     tracing::debug!(
         event = %profile.event,
         total = profile.total_samples(),

@@ -78,9 +78,28 @@ pub struct NetEventInfo {
     pub remote_port: u16,
     /// Kind-specific: drop or reset reason, or the TCP state a connect reached.
     pub detail: u32,
-    /// Non-zero: the process in the header owns the socket but was not the
-    /// task running when the event fired (it was learned earlier).
-    pub from_owner: u32,
+    /// [`FLAG_FROM_OWNER`], [`FLAG_SAME_STACK`].
+    pub flags: u32,
+}
+
+/// The process in the header owns the socket but was not the task running
+/// when the event fired (it was learned earlier).
+pub const FLAG_FROM_OWNER: u32 = 1;
+/// The stack was not walked: it is the one of this thread's last record of
+/// the same kind, which had the same socket and the same user registers.
+pub const FLAG_SAME_STACK: u32 = 2;
+
+/// What tells two calls from one thread apart without walking the stack:
+/// the socket and the user-space instruction, stack and frame pointers at
+/// the system call, plus the stack-cache generation of the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallSite {
+    pub socket: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub generation: u64,
 }
 pub const NET_INFO_BYTES: usize = core::mem::size_of::<NetEventInfo>();
 const _: () = assert!(NET_INFO_BYTES == 64);
@@ -118,9 +137,13 @@ pub struct SockOffsets {
     pub skb_sk: u32,
     /// `sk_buff.cb` plus `tcp_skb_cb.tcp_gso_segs` (u16): segments in a TCP skb.
     pub skb_gso_segs: u32,
-    pub _pad: u32,
+    /// `pt_regs.ip`, `pt_regs.sp`, `pt_regs.bp`: the user registers saved at
+    /// system call entry.
+    pub regs_ip: u32,
+    pub regs_sp: u32,
+    pub regs_bp: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 48);
 
 /// Load-time settings of the network programs.
 #[repr(C)]
@@ -137,7 +160,7 @@ pub struct NetConfig {
     pub wakeup_bytes: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<NetConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<NetConfig>() == 64);
 
 /// Who owns a socket: learned in task context (send, receive, connect) and
 /// used for events that fire in softirq or timer context.

@@ -10,17 +10,19 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack,
+        bpf_ktime_get_ns, bpf_task_pt_regs,
     },
     macros::{map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use hearth_common::{
     MAX_STACK_DEPTH, SampleHeader,
     net::{
-        AF_INET, AF_INET6, NET_INFO_BYTES, NetConfig, NetCounter, NetEvent, NetEventKind,
-        SockOffsets, SocketOwner, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT,
+        AF_INET, AF_INET6, CallSite, FLAG_FROM_OWNER, FLAG_SAME_STACK, NET_INFO_BYTES, NetConfig,
+        NetCounter, NetEvent, NetEventKind, SockOffsets, SocketOwner, TCP_CLOSE, TCP_ESTABLISHED,
+        TCP_SYN_SENT,
     },
     record_size,
 };
@@ -40,7 +42,9 @@ const NO_SOCK_OFFSETS: SockOffsets = SockOffsets {
     remote_v6: 0,
     skb_sk: 0,
     skb_gso_segs: 0,
-    _pad: 0,
+    regs_ip: 0,
+    regs_sp: 0,
+    regs_bp: 0,
 };
 
 /// Set by the agent at load time.
@@ -61,6 +65,16 @@ static NET_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// set by the agent (`network.socket_owners`).
 #[map]
 static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> = LruHashMap::with_max_entries(65536, 0);
+
+/// A thread's last walked call site per kind (key: tid << 32 | kind): a
+/// call from the same site reuses that stack instead of walking it again.
+#[map]
+static CALL_SITES: LruHashMap<u64, CallSite> = LruHashMap::with_max_entries(16384, 0);
+
+/// The agent's stack-cache generation: bumped when it forgets the stacks
+/// `CALL_SITES` points at, so every thread walks afresh.
+#[map]
+static STACK_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 static NET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NetCounter::COUNT, 0);
@@ -123,7 +137,8 @@ fn read_endpoints(sk: *const u8, event: &mut NetEvent) -> bool {
         info.local_addr = [0; 16];
         info.remote_addr = [0; 16];
         let read = if family == AF_INET {
-            read_field::<[u8; 4]>(sk, offsets.local_v4).map(|a| info.local_addr[..4].copy_from_slice(&a))
+            read_field::<[u8; 4]>(sk, offsets.local_v4)
+                .map(|a| info.local_addr[..4].copy_from_slice(&a))
                 .and_then(|()| read_field::<[u8; 4]>(sk, offsets.remote_v4))
                 .map(|a| info.remote_addr[..4].copy_from_slice(&a))
         } else {
@@ -143,15 +158,20 @@ fn read_endpoints(sk: *const u8, event: &mut NetEvent) -> bool {
 fn scratch(slot: u32) -> Option<&'static mut NetEvent> {
     // SAFETY: each program has its own slot and programs do not nest with
     // themselves, so nothing else holds this reference.
-    NET_SCRATCH.get_ptr_mut(slot).map(|event| unsafe { &mut *event })
+    NET_SCRATCH
+        .get_ptr_mut(slot)
+        .map(|event| unsafe { &mut *event })
 }
 
 /// Copies the used part of `event`, with its `frames` frames, to the ring.
+/// `batch`: the agent need not read it at once (a send or receive whose
+/// stack it already has); anything else wakes it, so it can read the
+/// process's mappings while the process still lives.
 #[inline(always)]
-fn submit(event: &NetEvent, frames: usize) {
+fn submit(event: &NetEvent, frames: usize, batch: bool) -> bool {
     // The verifier needs the length bounded right here.
     if frames > MAX_STACK_DEPTH {
-        return;
+        return false;
     }
     // SAFETY: the slice covers the info, the header and `frames` frames,
     // all inside `event`.
@@ -163,16 +183,42 @@ fn submit(event: &NetEvent, frames: usize) {
     };
     // Wake the agent only once a batch has gathered: a wakeup per event
     // would cost more than the event. The agent also drains on a timer.
-    let pending = NET_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let flags = if pending >= u64::from(NET_CONFIG.load().wakeup_bytes) {
+    let flags = if !batch {
+        0 // the ring wakes the agent unless it is already reading
+    } else if NET_EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+        >= u64::from(NET_CONFIG.load().wakeup_bytes)
+    {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     if NET_EVENTS.output::<[u8]>(record, flags as u64).is_err() {
         count(NetCounter::RingFull);
+        false
     } else {
         count(NetCounter::Events);
+        true
+    }
+}
+
+/// Where the current thread entered the kernel: the socket and its saved
+/// user registers.
+#[inline(always)]
+fn call_site(sk: *const u8) -> Option<CallSite> {
+    let offsets = NET_CONFIG.load().sock;
+    // SAFETY: the current task's saved user registers, read at BTF offsets.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        if regs.is_null() {
+            return None;
+        }
+        Some(CallSite {
+            socket: sk as u64,
+            ip: read_field(regs, offsets.regs_ip).ok()?,
+            sp: read_field(regs, offsets.regs_sp).ok()?,
+            bp: read_field(regs, offsets.regs_bp).ok()?,
+            generation: STACK_GENERATION.get(0).copied().unwrap_or(0),
+        })
     }
 }
 
@@ -210,7 +256,7 @@ fn task_event<C: EbpfContext>(ctx: &C, slot: u32, kind: NetEventKind, sk: *const
     event.info.socket = sk as u64;
     event.info.kind = kind as u16;
     event.info.detail = 0;
-    event.info.from_owner = 0;
+    event.info.flags = 0;
     // SAFETY: no preconditions.
     let (timestamp_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
     event.header = SampleHeader {
@@ -226,25 +272,46 @@ fn task_event<C: EbpfContext>(ctx: &C, slot: u32, kind: NetEventKind, sk: *const
         comm,
     };
     let mut frames = 0usize;
-    if NET_CONFIG.load().user_stacks != 0 {
-        // SAFETY: the stack is written into `frames`, which holds MAX_STACK_DEPTH.
-        let ret = unsafe {
-            bpf_get_stack(
-                ctx.as_ptr(),
-                event.frames.as_mut_ptr().cast(),
-                STACK_BYTES,
-                BPF_F_USER_STACK as u64,
-            )
-        };
-        if ret > 0 {
-            frames = ret as usize / 8;
-        }
+    let reusable = matches!(kind, NetEventKind::Send | NetEventKind::Receive);
+    if NET_CONFIG.load().user_stacks == 0 {
+        submit(event, 0, reusable);
+        return;
+    }
+    // Repeated calls from one place (a send loop) reuse the stack walked
+    // the first time: the agent keeps it, keyed by thread and kind.
+    let site_key = u64::from(tid) << 32 | kind as u64;
+    let site = if reusable { call_site(sk) } else { None };
+    if let Some(site) = &site
+        && let Some(last) = CALL_SITES.get_ptr(site_key)
+        // SAFETY: a map value, compared in place.
+        && unsafe { *last } == *site
+    {
+        event.info.flags = FLAG_SAME_STACK;
+        submit(event, 0, true);
+        return;
+    }
+    // SAFETY: the stack is written into `frames`, which holds MAX_STACK_DEPTH.
+    let ret = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            event.frames.as_mut_ptr().cast(),
+            STACK_BYTES,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if ret > 0 {
+        frames = ret as usize / 8;
     }
     if frames > MAX_STACK_DEPTH {
         return;
     }
     event.header.user_frames = frames as u32;
-    submit(event, frames);
+    if submit(event, frames, false)
+        && frames > 0
+        && let Some(site) = site
+    {
+        let _ = CALL_SITES.insert(site_key, site, 0);
+    }
 }
 
 /// Records `tgid` as the socket's owner unless it already is.
@@ -318,7 +385,7 @@ fn owner_event<C: EbpfContext>(
     event.info.socket = sk as u64;
     event.info.kind = kind as u16;
     event.info.detail = detail;
-    event.info.from_owner = u32::from(owner.is_some());
+    event.info.flags = if owner.is_some() { FLAG_FROM_OWNER } else { 0 };
     let owner = owner.unwrap_or(SocketOwner {
         comm: *b"[kernel]\0\0\0\0\0\0\0\0",
         ..Default::default()
@@ -356,7 +423,7 @@ fn owner_event<C: EbpfContext>(
         return;
     }
     event.header.kernel_frames = frames as u32;
-    submit(event, frames);
+    submit(event, frames, false);
 }
 
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
@@ -395,7 +462,15 @@ pub fn net_retransmit(ctx: RawTracePointContext) -> i32 {
     // SAFETY: `skb` is the retransmitted TCP skb; offset from BTF.
     let segments: u16 = unsafe { read_field(skb, offsets.skb_gso_segs) }.unwrap_or(1);
     let segments = u64::from(segments.max(1));
-    owner_event(&ctx, SLOT_RETRANSMIT, NetEventKind::Retransmit, sk, segments, 0, true);
+    owner_event(
+        &ctx,
+        SLOT_RETRANSMIT,
+        NetEventKind::Retransmit,
+        sk,
+        segments,
+        0,
+        true,
+    );
     0
 }
 
@@ -405,7 +480,15 @@ pub fn net_retransmit(ctx: RawTracePointContext) -> i32 {
 pub fn net_send_reset(ctx: RawTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let reason: u32 = ctx.arg(2);
-    owner_event(&ctx, SLOT_SEND_RESET, NetEventKind::ResetSent, sk, 1, reason, true);
+    owner_event(
+        &ctx,
+        SLOT_SEND_RESET,
+        NetEventKind::ResetSent,
+        sk,
+        1,
+        reason,
+        true,
+    );
     0
 }
 
@@ -413,7 +496,15 @@ pub fn net_send_reset(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn net_receive_reset(ctx: RawTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    owner_event(&ctx, SLOT_RECEIVE_RESET, NetEventKind::ResetReceived, sk, 1, 0, true);
+    owner_event(
+        &ctx,
+        SLOT_RECEIVE_RESET,
+        NetEventKind::ResetReceived,
+        sk,
+        1,
+        0,
+        true,
+    );
     0
 }
 
@@ -428,7 +519,15 @@ pub fn net_state(ctx: RawTracePointContext) -> i32 {
     if new == TCP_SYN_SENT {
         task_event(&ctx, SLOT_STATE, NetEventKind::ConnectStart, sk, 1);
     } else if old == TCP_SYN_SENT && (new == TCP_ESTABLISHED || new == TCP_CLOSE) {
-        owner_event(&ctx, SLOT_STATE, NetEventKind::ConnectEnd, sk, 1, new, false);
+        owner_event(
+            &ctx,
+            SLOT_STATE,
+            NetEventKind::ConnectEnd,
+            sk,
+            1,
+            new,
+            false,
+        );
     }
     0
 }

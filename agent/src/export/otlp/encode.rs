@@ -366,7 +366,10 @@ mod tests {
         let s = |i: i32| d.string_table[i as usize].as_str();
         let otlp_profile = &request.resource_profiles[0].scope_profiles[0].profiles[0];
         let t = otlp_profile.sample_type.unwrap();
-        assert_eq!((s(t.type_strindex), s(t.unit_strindex)), ("tx_bytes", "bytes"));
+        assert_eq!(
+            (s(t.type_strindex), s(t.unit_strindex)),
+            ("tx_bytes", "bytes")
+        );
         assert_eq!(otlp_profile.period, 1);
         let sample = &otlp_profile.samples[0];
         assert_eq!(sample.values, [1500]);
