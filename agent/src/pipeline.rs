@@ -8,7 +8,7 @@ use crate::{
     aggregate::StackTable,
     event::Event,
     network::{NetAggregator, NetStats},
-    probes::{NetRecord, RawSample},
+    probes::{NetRecord, ProbeError, Probes, RawSample, SampleRing},
     process::{ProcessLimits, ProcessTable},
     profile::{Profile, ProfileMeta, build_profile},
     symbolize::{Symbolizer, SymbolizerStats},
@@ -18,6 +18,21 @@ use crate::{
 #[derive(Clone, Copy, Debug)]
 pub struct WindowLimits {
     pub idle_windows: u32,
+}
+
+/// Reads what waits in the network ring (batched records do not wake the
+/// agent), and tells the kernel when the agent forgot the stacks its call
+/// sites point at.
+pub fn drain_network(
+    ring: &mut SampleRing,
+    pipeline: &mut Pipeline,
+    probes: &mut Probes,
+) -> Result<(), ProbeError> {
+    ring.drain(|record| pipeline.ingest_net(record));
+    match pipeline.take_stack_generation() {
+        Some(generation) => probes.set_stack_generation(generation),
+        None => Ok(()),
+    }
 }
 
 pub struct Pipeline {

@@ -23,7 +23,7 @@ use crate::{
     event::Event,
     export::{self, OutputFormat, SvgOptions},
     network::{self, NetAggregator, ReasonNames},
-    pipeline::Pipeline,
+    pipeline::{Pipeline, drain_network},
     preflight,
     probes::{
         KernelCounters, NET_DRAIN_INTERVAL, NetCounters, NetSettings, ProbeSettings, Probes,
@@ -170,12 +170,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
                     ready.context("waiting on the network event ring buffer")?;
                     net_ring.drain(|record| pipeline.ingest_net(record));
                 }
-                _ = net_drain.tick() => {
-                    net_ring.drain(|record| pipeline.ingest_net(record));
-                    if let Some(generation) = pipeline.take_stack_generation() {
-                        sampler.set_stack_generation(generation)?;
-                    }
-                }
+                _ = net_drain.tick() => drain_network(&mut net_ring, &mut pipeline, &mut sampler)?,
                 () = &mut deadline => break StopReason::DurationElapsed,
                 exit = &mut command_exit => {
                     break StopReason::CommandExited(exit.context("waiting for the command")?);

@@ -25,7 +25,7 @@ use crate::{
     event::Event,
     export::{otlp::OtlpClient, pyroscope::PyroscopeClient, resource::ResourceNamer},
     network::{self, NetAggregator, ReasonNames},
-    pipeline::{Pipeline, WindowLimits},
+    pipeline::{Pipeline, WindowLimits, drain_network},
     preflight,
     probes::{
         NET_DRAIN_INTERVAL, NetSettings, ProbeSettings, Probes, check_frequency, online_cpu_count,
@@ -257,12 +257,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ready.context("waiting on the network event ring buffer")?;
                 net_ring.drain(|record| pipeline.ingest_net(record));
             }
-            _ = net_drain.tick() => {
-                net_ring.drain(|record| pipeline.ingest_net(record));
-                if let Some(generation) = pipeline.take_stack_generation() {
-                    sampler.set_stack_generation(generation)?;
-                }
-            }
+            _ = net_drain.tick() => drain_network(&mut net_ring, &mut pipeline, &mut sampler)?,
             _ = export_tick.tick() => window_start = finish_window!(),
             _ = refresh_tick.tick() => {
                 record_counters(&sampler, &pipeline, &telemetry);
