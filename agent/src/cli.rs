@@ -53,6 +53,77 @@ pub enum Command {
             sudo hearth run --config /etc/hearth/hearth.yaml --print-config"
     )]
     Run(RunArgs),
+    /// Control a running `hearth run` over its socket: status, enable for a
+    /// while, capture a profile now, or fetch recent ones (as root).
+    #[command(after_help = "Examples:\n  \
+            sudo hearth ctl status --json\n  \
+            sudo hearth ctl enable --for 15m\n  \
+            sudo hearth ctl capture --duration 30s --pid 1234 --output now.svg\n  \
+            sudo hearth ctl history --last 10m --container 3f2a9c --output recent.pb.gz")]
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+    pub socket: PathBuf,
+
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// Which processes a capture or history keeps (all when none is given).
+#[derive(Debug, Args)]
+pub struct CtlFilter {
+    /// Only this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only this container (its id, or a unique prefix such as docker's 12 digits).
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
+    /// Only this Kubernetes pod, by UID.
+    #[arg(long, value_name = "UID")]
+    pub pod_uid: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Whether the agent samples, until when, and what it has collected.
+    Status {
+        /// Print JSON: at least `enabled` and `expires_in_seconds`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sample for a while (on-demand mode); sampling stops by itself after.
+    Enable {
+        /// How long, e.g. 15m.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: humantime::Duration,
+    },
+    /// Stop sampling now (on-demand mode).
+    Disable,
+    /// Record now for a while and write the profile (svg, pprof or folded,
+    /// from the output's extension).
+    Capture {
+        #[arg(long, value_name = "DURATION", default_value = "30s")]
+        duration: humantime::Duration,
+        #[command(flatten)]
+        filter: CtlFilter,
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Write the recent profiles of the agent's local history, merged, as
+    /// gzipped pprof.
+    History {
+        /// How far back, e.g. 10m.
+        #[arg(long, value_name = "DURATION")]
+        last: humantime::Duration,
+        #[command(flatten)]
+        filter: CtlFilter,
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +166,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 
+    /// always: sample from start to stop; on-demand: only while enabled with
+    /// `hearth ctl enable` or during a capture [key: mode, default always].
+    #[arg(long, value_enum)]
+    pub mode: Option<crate::config::Mode>,
+
+    /// Unix socket of the control API used by `hearth ctl`
+    /// [key: control.socket, default /run/hearth/control.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<String>,
+
     /// Directory where queued profiles survive restarts [key: spool.dir].
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<String>,
@@ -123,6 +204,12 @@ impl RunArgs {
         flag("pyroscope.url", &self.pyroscope_url, "pyroscope-url");
         flag("metrics.listen", &self.metrics_listen, "metrics-listen");
         flag("spool.dir", &self.spool_dir, "spool-dir");
+        let mode = self.mode.map(|m| match m {
+            crate::config::Mode::Always => "always".to_owned(),
+            crate::config::Mode::OnDemand => "on-demand".to_owned(),
+        });
+        flag("mode", &mode, "mode");
+        flag("control.socket", &self.control_socket, "control-socket");
         if !self.events.is_empty() {
             flags.push(ConfigFlag {
                 path: vec!["events".into()],

@@ -10,6 +10,7 @@
 pub mod aggregate;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod event;
 pub mod export;
 pub mod network;

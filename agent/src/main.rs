@@ -58,6 +58,7 @@ fn main() -> ExitCode {
                 }
                 run::run(config).await
             }
+            Command::Ctl(args) => hearth::control::client::run(args).await,
         }
     });
     match result {

@@ -38,6 +38,11 @@ pub struct Config {
     pub history: HistoryConfig,
     pub metrics: MetricsConfig,
     pub service_name: ServiceNameConfig,
+    /// `always`: sample from start to stop. `on-demand`: the probes are
+    /// loaded but nothing is attached until enabled over the control socket
+    /// (`hearth ctl enable --for 15m`) or a capture asks: no cost when off.
+    pub mode: Mode,
+    pub control: ControlConfig,
 }
 
 impl Default for Config {
@@ -58,6 +63,8 @@ impl Default for Config {
             history: HistoryConfig::default(),
             metrics: MetricsConfig::default(),
             service_name: ServiceNameConfig::default(),
+            mode: Mode::Always,
+            control: ControlConfig::default(),
         }
     }
 }
@@ -279,6 +286,47 @@ impl Default for HistoryConfig {
         Self {
             max_bytes: ByteSize(8 << 20),
             max_age: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Sample from start to stop.
+    #[default]
+    Always,
+    /// Sample only while enabled over the control socket, or for a capture.
+    OnDemand,
+}
+
+/// The on-call control API (`hearth ctl`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Unix socket of the control API, created mode 0600 (root only) in a
+    /// directory of mode 0700; off when empty.
+    pub socket: Option<PathBuf>,
+    /// Longest `enable --for` accepted.
+    #[serde(with = "duration")]
+    pub max_enable: Duration,
+    /// Longest `capture --duration` accepted.
+    #[serde(with = "duration")]
+    pub max_capture: Duration,
+    /// Captures running at once; more are refused (429) until one ends.
+    pub max_captures: usize,
+}
+
+/// Where the control socket goes unless configured.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/hearth/control.sock";
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            max_enable: Duration::from_secs(24 * 3600),
+            max_capture: Duration::from_secs(600),
+            max_captures: 4,
         }
     }
 }

@@ -4,6 +4,7 @@
 mod folded;
 pub mod otlp;
 mod pprof;
+mod pprof_merge;
 pub mod pyroscope;
 pub mod resource;
 pub mod send;
@@ -13,6 +14,7 @@ use std::{io, path::Path};
 
 pub use folded::{folded_lines, write_folded};
 pub use pprof::{encode_pprof, write_pprof, write_pprof_with};
+pub use pprof_merge::merge_pprof;
 pub use svg::{SvgOptions, write_svg};
 
 use crate::profile::Profile;
@@ -55,6 +57,15 @@ impl OutputFormat {
             });
         };
         Ok(format)
+    }
+
+    /// The name `--format` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Svg => "svg",
+            Self::Pprof => "pprof",
+            Self::Folded => "folded",
+        }
     }
 
     /// The usual file extension, without a leading dot.

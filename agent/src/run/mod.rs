@@ -6,22 +6,24 @@
 //! deadline, and exits 0.
 
 mod delivery;
+mod oncall;
 mod window;
 
 use std::{
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{Notify, watch},
+    sync::{Notify, mpsc, watch},
     task::JoinHandle,
 };
 
 use crate::{
     config::Config,
+    control,
     event::Event,
     export::{otlp::OtlpClient, pyroscope::PyroscopeClient, resource::ResourceNamer},
     network::{self, NetAggregator, ReasonNames},
@@ -36,6 +38,7 @@ use crate::{
     telemetry::{self, Telemetry, advance_to},
 };
 use delivery::{Backend, Backoff, Outbox, deliver};
+use oncall::OnCall;
 use window::{Format, WindowContext, WindowStart};
 
 struct Exporter {
@@ -188,11 +191,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .context("loading the probes")?;
     let mut ring = sampler.take_ring()?;
     let mut net_ring = sampler.take_net_ring()?;
+    let process_limits = ProcessLimits {
+        max_open_objects: config.limits.max_open_objects,
+        ..ProcessLimits::default()
+    };
     let mut pipeline = Pipeline::new(
-        ProcessLimits {
-            max_open_objects: config.limits.max_open_objects,
-            ..ProcessLimits::default()
-        },
+        process_limits,
         Symbolizer::new(config.symbolize.cache_entries, config.symbolize.debug_info),
     );
     if !network_events.is_empty() {
@@ -210,7 +214,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let period_ns = 1_000_000_000 / config.frequency;
 
-    sampler.start().context("starting the probes")?;
+    let mut oncall = OnCall::new(&config, process_limits);
+    // Requests from the control socket; the sender is kept even without a
+    // socket, so the loop's receiver simply never yields.
+    let (control_tx, mut control_rx) = mpsc::channel(16);
+    let control_server = match &config.control.socket {
+        Some(socket) => {
+            let server = control::server::serve(socket, control_tx.clone())
+                .context("starting the control socket (control.socket)")?;
+            tracing::info!(socket = %socket.display(), "control API listening");
+            Some(server)
+        }
+        None => None,
+    };
+    let mut attached = false;
+    sync_probes(
+        &mut sampler,
+        &mut attached,
+        oncall.wants_probes(Instant::now()),
+    )?;
+    if !attached {
+        tracing::info!("on-demand mode: probes loaded, nothing sampled until enabled");
+    }
     telemetry.set_ready(true);
     let events: Vec<&str> = config.events.iter().map(|e| e.name()).collect();
     tracing::info!(
@@ -228,6 +253,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     export_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh_tick = tokio::time::interval(telemetry::REFRESH_INTERVAL);
     let mut net_drain = tokio::time::interval(NET_DRAIN_INTERVAL);
+    let mut oncall_tick = tokio::time::interval(ONCALL_TICK);
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     macro_rules! finish_window {
@@ -247,11 +273,42 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
         };
     }
+    macro_rules! drain_cpu {
+        () => {
+            ring.drain(|record| {
+                pipeline.ingest(record);
+                oncall.tee(record);
+            })
+        };
+    }
+    macro_rules! agent_view {
+        () => {
+            oncall::Agent {
+                attached_cpus: sampler.attached_cpus(),
+                samples: pipeline.total_samples(),
+                history: &history,
+            }
+        };
+    }
     loop {
         tokio::select! {
             ready = ring.wait() => {
                 ready.context("waiting on the sample ring buffer")?;
-                ring.drain(|record| pipeline.ingest(record));
+                drain_cpu!();
+            }
+            Some(request) = control_rx.recv() => {
+                let deferred = oncall.handle(request, &agent_view!());
+                sync_probes(&mut sampler, &mut attached, oncall.wants_probes(Instant::now()))?;
+                if let Some(deferred) = deferred {
+                    oncall.answer(deferred, &agent_view!());
+                }
+            }
+            _ = oncall_tick.tick() => {
+                if oncall.captures_running() {
+                    drain_cpu!();
+                }
+                oncall.tick(Instant::now());
+                sync_probes(&mut sampler, &mut attached, oncall.wants_probes(Instant::now()))?;
             }
             ready = net_ring.wait() => {
                 ready.context("waiting on the network event ring buffer")?;
@@ -269,8 +326,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     tracing::info!("stopping: exporting the last window");
     telemetry.set_ready(false);
-    sampler.stop().context("stopping the probes")?;
-    ring.drain(|record| pipeline.ingest(record));
+    sync_probes(&mut sampler, &mut attached, false)?;
+    drain_cpu!();
+    oncall.finish_all();
     net_ring.drain(|record| pipeline.ingest_net(record));
     record_counters(&sampler, &pipeline, &telemetry);
     finish_window!();
@@ -301,6 +359,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Some(server) = metrics_server {
         server.abort();
+    }
+    if let Some(server) = control_server {
+        server.abort();
+        if let Some(socket) = &config.control.socket {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+    drop(control_tx);
+    Ok(())
+}
+
+/// How often enable windows and captures are checked for their end.
+const ONCALL_TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Attaches or detaches the probes so that they match `wanted`.
+fn sync_probes(probes: &mut Probes, attached: &mut bool, wanted: bool) -> anyhow::Result<()> {
+    if wanted && !*attached {
+        probes.start().context("starting the probes")?;
+        *attached = true;
+        tracing::debug!("probes attached");
+    } else if !wanted && *attached {
+        probes.stop().context("stopping the probes")?;
+        *attached = false;
+        tracing::debug!("probes detached");
     }
     Ok(())
 }

@@ -1,0 +1,227 @@
+//! `hearth ctl`: talks to a running agent over its control socket.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use http_body_util::{BodyExt, Empty};
+use hyper::{Method, body::Bytes};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+use super::{API_PREFIX, Status};
+use crate::{
+    cli::{CtlArgs, CtlCommand},
+    export::OutputFormat,
+    record::OutputFile,
+};
+
+/// An answer from the agent: status code and body.
+struct Answer {
+    status: u16,
+    body: Bytes,
+}
+
+impl Answer {
+    /// The body, or the agent's error message as an error.
+    fn ok(self) -> anyhow::Result<Bytes> {
+        if (200..300).contains(&self.status) {
+            return Ok(self.body);
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned());
+        bail!("the agent refused ({}): {message}", self.status)
+    }
+}
+
+async fn call(socket: &Path, method: Method, path_and_query: &str) -> anyhow::Result<Answer> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                anyhow::anyhow!(
+                    "no agent answers on {}: start `hearth run` (its control socket is \
+                     control.socket / --control-socket), or pass the right --socket",
+                    socket.display()
+                )
+            }
+            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+                "permission denied on {}: the control socket is root-only; run hearth ctl as root",
+                socket.display()
+            ),
+            _ => anyhow::Error::new(err).context(format!(
+                "connecting to the control socket {}",
+                socket.display()
+            )),
+        })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("speaking HTTP on the control socket")?;
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{API_PREFIX}{path_and_query}"))
+        .header(hyper::header::HOST, "hearth")
+        .body(Empty::<Bytes>::new())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("sending the request to the agent")?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the agent's answer")?
+        .to_bytes();
+    Ok(Answer { status, body })
+}
+
+/// Query text: `key=value` pairs joined by `&`, values percent-encoded.
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let encoded: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    encoded.join("&")
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(status)?);
+        return Ok(());
+    }
+    let state = if status.enabled {
+        "enabled"
+    } else {
+        "disabled"
+    };
+    let until = match status.expires_in_seconds {
+        Some(s) => format!(
+            " for {}",
+            humantime::format_duration(std::time::Duration::from_secs(s.ceil() as u64))
+        ),
+        None => String::new(),
+    };
+    println!("{state}{until} ({} mode)", status.mode);
+    println!(
+        "sampling {} CPUs at {} Hz; events: {}",
+        status.attached_cpus,
+        status.frequency_hz,
+        status.events.join(", ")
+    );
+    println!(
+        "{} samples so far; {} captures running; history: {} profiles, {} bytes",
+        status.samples, status.captures_running, status.history_profiles, status.history_bytes
+    );
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    OutputFile::prepare(path)?.commit(|out| out.write_all(bytes))?;
+    Ok(())
+}
+
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let socket = args.socket;
+    match args.command {
+        CtlCommand::Status { json } => {
+            let body = call(&socket, Method::GET, "/status").await?.ok()?;
+            let status: Status = serde_json::from_slice(&body).context("reading the status")?;
+            print_status(&status, json)
+        }
+        CtlCommand::Enable { duration } => {
+            let q = query(&[("for", Some(duration.to_string()))]);
+            let body = call(&socket, Method::POST, &format!("/enable?{q}"))
+                .await?
+                .ok()?;
+            print_status(&serde_json::from_slice(&body)?, false)
+        }
+        CtlCommand::Disable => {
+            let body = call(&socket, Method::POST, "/disable").await?.ok()?;
+            print_status(&serde_json::from_slice(&body)?, false)
+        }
+        CtlCommand::Capture {
+            duration,
+            filter,
+            output,
+        } => {
+            let format = OutputFormat::from_path(&output)?;
+            // Proven writable before the agent spends the time.
+            drop(OutputFile::prepare(&output)?);
+            let q = query(&[
+                ("duration", Some(duration.to_string())),
+                ("pid", filter.pid.map(|p| p.to_string())),
+                ("container", filter.container),
+                ("pod_uid", filter.pod_uid),
+                ("format", Some(format.name().to_owned())),
+            ]);
+            let body = call(&socket, Method::POST, &format!("/capture?{q}"))
+                .await?
+                .ok()?;
+            write_file(&output, &body)?;
+            eprintln!(
+                "hearth ctl: wrote {} ({} bytes)",
+                output.display(),
+                body.len()
+            );
+            Ok(())
+        }
+        CtlCommand::History {
+            last,
+            filter,
+            output,
+        } => {
+            if OutputFormat::from_path(&output)? != OutputFormat::Pprof {
+                bail!(
+                    "history is gzipped pprof: name the output .pb.gz or .pprof \
+                     (open it with go tool pprof or Pyroscope)"
+                );
+            }
+            drop(OutputFile::prepare(&output)?);
+            let q = query(&[
+                ("last", Some(last.to_string())),
+                ("pid", filter.pid.map(|p| p.to_string())),
+                ("container", filter.container),
+                ("pod_uid", filter.pod_uid),
+            ]);
+            let body = call(&socket, Method::GET, &format!("/history?{q}"))
+                .await?
+                .ok()?;
+            write_file(&output, &body)?;
+            eprintln!(
+                "hearth ctl: wrote {} ({} bytes)",
+                output.display(),
+                body.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_skip_absent_values_and_encode_the_rest() {
+        let q = query(&[
+            ("duration", Some("30s".into())),
+            ("pid", None),
+            ("container", Some("a b/c".into())),
+        ]);
+        assert_eq!(q, "duration=30s&container=a%20b%2Fc");
+    }
+}
