@@ -22,6 +22,7 @@ pub mod profile;
 pub mod record;
 pub mod retention;
 pub mod run;
+pub mod scope;
 pub mod symbolize;
 pub mod telemetry;
 pub mod units;

@@ -101,6 +101,7 @@ pub fn record(seconds: u64, hz: u64, busy: bool) -> Vec<Vec<u8>> {
         let mut sampler = Probes::load(&ProbeSettings {
             cpu: true,
             network: None,
+            cgroup_capacity: None,
             // The burner threads of this process are what is measured.
             ignore_own_process: false,
             frequency_hz: hz,

@@ -223,6 +223,9 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     if config.limits.process_idle_windows == 0 {
         return Err(("limits.process_idle_windows", "must be at least 1".into()));
     }
+    if !config.scope.cgroups.is_empty() && config.scope.max_cgroups == 0 {
+        return Err(("scope.max_cgroups", "must be at least 1".into()));
+    }
     if config.events.is_empty() {
         return Err(("events", "name at least one event, e.g. [cpu]".into()));
     }

@@ -43,6 +43,7 @@ pub struct Config {
     /// (`hearth ctl enable --for 15m`) or a capture asks: no cost when off.
     pub mode: Mode,
     pub control: ControlConfig,
+    pub scope: ScopeConfig,
 }
 
 impl Default for Config {
@@ -65,6 +66,7 @@ impl Default for Config {
             service_name: ServiceNameConfig::default(),
             mode: Mode::Always,
             control: ControlConfig::default(),
+            scope: ScopeConfig::default(),
         }
     }
 }
@@ -89,6 +91,25 @@ fn event_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Event>, 
         }
     }
     Ok(events)
+}
+
+/// `[a, b]` or `"a,b"` (as an environment variable gives it).
+fn path_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Paths(Vec<PathBuf>),
+        Text(String),
+    }
+    Ok(match List::deserialize(deserializer)? {
+        List::Paths(paths) => paths,
+        List::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+    })
 }
 
 /// Network events (when any is in `events`).
@@ -298,6 +319,30 @@ pub enum Mode {
     Always,
     /// Sample only while enabled over the control socket, or for a capture.
     OnDemand,
+}
+
+/// Which processes may be profiled, enforced in the kernel.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeConfig {
+    /// cgroup v2 subtrees to profile (paths inside the cgroup v2 mount, e.g.
+    /// `kubepods.slice` or `system.slice/nginx.service`); empty: everything.
+    /// Processes elsewhere are never sampled. Walked again every few
+    /// seconds, so cgroups made later (new pods) join. A list, or paths
+    /// separated by commas (HEARTH_SCOPE__CGROUPS=kubepods.slice).
+    #[serde(deserialize_with = "path_list")]
+    pub cgroups: Vec<PathBuf>,
+    /// Most cgroups the kernel's allow list holds.
+    pub max_cgroups: u32,
+}
+
+impl Default for ScopeConfig {
+    fn default() -> Self {
+        Self {
+            cgroups: Vec::new(),
+            max_cgroups: 16384,
+        }
+    }
 }
 
 /// The on-call control API (`hearth ctl`).

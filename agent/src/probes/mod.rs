@@ -36,6 +36,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 const SAMPLES_RING: &str = "CPU_SAMPLES";
 const TGID_FILTER: &str = "TGID_FILTER";
+const CGROUP_ALLOW: &str = "CGROUP_ALLOW";
 const COUNTERS: &str = "COUNTERS";
 const NET_RING: &str = "NET_EVENTS";
 const NET_COUNTERS: &str = "NET_COUNTERS";
@@ -87,6 +88,9 @@ pub struct ProbeSettings {
     pub filter_capacity: u32,
     /// Network events, when any are wanted.
     pub network: Option<NetSettings>,
+    /// Sample only cgroups put in the allow list with
+    /// [`Probes::set_allowed_cgroups`], at most this many; `None`: every cgroup.
+    pub cgroup_capacity: Option<u32>,
     /// Leave the agent's own process out (always, except in benchmarks
     /// that measure the pipeline on their own threads).
     pub ignore_own_process: bool,
@@ -300,7 +304,8 @@ impl Probes {
             task,
             filter_tgids: u8::from(settings.filter_processes),
             skip_kernel_stack: u8::from(!settings.kernel_stacks),
-            _pad: [0; 2],
+            filter_cgroups: u8::from(settings.cgroup_capacity.is_some()),
+            _pad: 0,
             ignored_tgid: if settings.ignore_own_process {
                 std::process::id()
             } else {
@@ -330,6 +335,7 @@ impl Probes {
                 },
             )
             .map_max_entries(TGID_FILTER, settings.filter_capacity)
+            .map_max_entries(CGROUP_ALLOW, settings.cgroup_capacity.unwrap_or(1).max(1))
             .map_max_entries(
                 NET_RING,
                 net.map_or(UNUSED_RING_BYTES, |n| n.ring_buffer_bytes),
@@ -505,6 +511,26 @@ impl Probes {
 }
 
 impl Probes {
+    /// Makes `ids` the cgroups that may be sampled (when the probes were
+    /// loaded with a `cgroup_capacity`): adds the new, removes the gone.
+    pub fn set_allowed_cgroups(&mut self, ids: &[u64]) -> Result<(), ProbeError> {
+        let map_err = |source| map_error(CGROUP_ALLOW, source);
+        let map = self
+            .ebpf
+            .map_mut(CGROUP_ALLOW)
+            .ok_or(ProbeError::Missing(CGROUP_ALLOW))?;
+        let mut allow: HashMap<_, u64, u8> = HashMap::try_from(map).map_err(map_err)?;
+        let wanted: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        let present: std::collections::HashSet<u64> = allow.keys().filter_map(Result::ok).collect();
+        for id in present.iter().filter(|id| !wanted.contains(id)) {
+            allow.remove(id).map_err(map_err)?;
+        }
+        for id in wanted.iter().filter(|id| !present.contains(id)) {
+            allow.insert(id, 1, 0).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
     /// Tells the network programs that the agent forgot the stacks their
     /// call sites point at: every thread walks its stack afresh.
     pub fn set_stack_generation(&mut self, generation: u64) -> Result<(), ProbeError> {

@@ -105,6 +105,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
             .bytes(online_cpu_count(), options.frequency_hz),
         filter_capacity: options.max_traced_processes,
         network,
+        cgroup_capacity: None,
         ignore_own_process: true,
     })
     .context("loading the probes")?;

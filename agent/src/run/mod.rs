@@ -34,6 +34,7 @@ use crate::{
     },
     process::ProcessLimits,
     retention::{ExportQueue, History, QueueLimits, Spool},
+    scope,
     symbolize::Symbolizer,
     telemetry::{self, Telemetry, advance_to},
 };
@@ -175,9 +176,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         user_stacks: config.network.user_stacks,
         call_sites: config.network.call_sites,
     });
+    let scoped = !config.scope.cgroups.is_empty();
+    let cgroup2 = if scoped {
+        Some(scope::cgroup2_mount().context(
+            "scope.cgroups needs the cgroup v2 hierarchy, and none is mounted \
+             (/proc/self/mountinfo has no cgroup2)",
+        )?)
+    } else {
+        None
+    };
     let mut sampler = Probes::load(&ProbeSettings {
         cpu: config.events.contains(&Event::Cpu),
         network,
+        cgroup_capacity: scoped.then_some(config.scope.max_cgroups),
         ignore_own_process: true,
         frequency_hz: config.frequency,
         kernel_stacks: config.kernel_stacks,
@@ -227,6 +238,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some(mount) = &cgroup2 {
+        rescan_scope(&mut sampler, mount, &config)?;
+    }
     let mut attached = false;
     sync_probes(
         &mut sampler,
@@ -254,6 +268,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut refresh_tick = tokio::time::interval(telemetry::REFRESH_INTERVAL);
     let mut net_drain = tokio::time::interval(NET_DRAIN_INTERVAL);
     let mut oncall_tick = tokio::time::interval(ONCALL_TICK);
+    let mut scope_tick = tokio::time::interval(SCOPE_RESCAN);
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     macro_rules! finish_window {
@@ -316,6 +331,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             _ = net_drain.tick() => drain_network(&mut net_ring, &mut pipeline, &mut sampler)?,
             _ = export_tick.tick() => window_start = finish_window!(),
+            _ = scope_tick.tick(), if cgroup2.is_some() => {
+                if let Some(mount) = &cgroup2 {
+                    rescan_scope(&mut sampler, mount, &config)?;
+                }
+            }
             _ = refresh_tick.tick() => {
                 record_counters(&sampler, &pipeline, &telemetry);
             }
@@ -368,6 +388,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(control_tx);
     Ok(())
+}
+
+/// How often the scope's cgroup subtrees are walked again.
+const SCOPE_RESCAN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Puts the cgroups of `scope.cgroups` in the kernel's allow list.
+fn rescan_scope(
+    probes: &mut Probes,
+    mount: &std::path::Path,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let allowed = scope::allowed_cgroups(
+        mount,
+        &config.scope.cgroups,
+        config.scope.max_cgroups as usize,
+    );
+    if allowed.truncated {
+        tracing::warn!(
+            max = config.scope.max_cgroups,
+            "more cgroups in scope than scope.max_cgroups; the rest are not profiled"
+        );
+    }
+    for missing in &allowed.missing {
+        tracing::debug!(cgroup = %missing.display(), "scoped cgroup does not exist (yet)");
+    }
+    probes
+        .set_allowed_cgroups(&allowed.ids)
+        .context("updating the kernel's cgroup allow list")
 }
 
 /// How often enable windows and captures are checked for their end.

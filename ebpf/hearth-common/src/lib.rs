@@ -82,7 +82,9 @@ pub struct SamplerConfig {
     pub filter_tgids: u8,
     /// Non-zero: do not collect kernel stacks.
     pub skip_kernel_stack: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero: only sample tasks whose cgroup v2 id is in `CGROUP_ALLOW`.
+    pub filter_cgroups: u8,
+    pub _pad: u8,
     /// Never sampled: the agent's own process (its cost is in its metrics).
     pub ignored_tgid: u32,
 }

@@ -32,7 +32,8 @@ pub(crate) static SAMPLER_CONFIG: Global<SamplerConfig> = Global::new(SamplerCon
     task: NO_OFFSETS,
     filter_tgids: 0,
     skip_kernel_stack: 0,
-    _pad: [0; 2],
+    filter_cgroups: 0,
+    _pad: 0,
     ignored_tgid: 0,
 });
 
@@ -43,6 +44,11 @@ static CPU_SAMPLES: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 /// Processes to sample when `filter_tgids` is set; size set by the agent.
 #[map]
 static TGID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// cgroup v2 ids that may be sampled when `filter_cgroups` is set; size
+/// set by the agent (`scope.max_cgroups`).
+#[map]
+static CGROUP_ALLOW: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -58,6 +64,13 @@ fn count(counter: Counter) {
         // SAFETY: per-CPU slot, and this program cannot be preempted on its CPU.
         unsafe { *slot += 1 };
     }
+}
+
+/// Whether the scope allows cgroup `id` (always, when not scoped).
+#[inline(always)]
+pub(crate) fn cgroup_allowed(config: &SamplerConfig, id: u64) -> bool {
+    // SAFETY: the value is only compared against None, never held.
+    config.filter_cgroups == 0 || unsafe { CGROUP_ALLOW.get(id) }.is_some()
 }
 
 #[inline(always)]
@@ -84,6 +97,11 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
     if tgid == config.ignored_tgid || (config.filter_tgids != 0 && !is_traced(tgid)) {
         return;
     }
+    // SAFETY: no preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !cgroup_allowed(&config, cgroup_id) {
+        return;
+    }
     let Some(sample) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -101,7 +119,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
         };
         let header = &mut (*sample).header;
         header.timestamp_ns = bpf_ktime_get_ns();
-        header.cgroup_id = bpf_get_current_cgroup_id();
+        header.cgroup_id = cgroup_id;
         header.process_start_ns = start;
         header.tgid = tgid;
         header.tid = tid;

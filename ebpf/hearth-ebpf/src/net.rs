@@ -28,7 +28,7 @@ use hearth_common::{
 };
 
 use crate::{
-    cpu::{SAMPLER_CONFIG, is_traced},
+    cpu::{SAMPLER_CONFIG, cgroup_allowed, is_traced},
     task::{process_identity, read_field},
 };
 
@@ -248,6 +248,9 @@ fn task_event<C: EbpfContext>(ctx: &C, slot: u32, kind: NetEventKind, sk: *const
     });
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !cgroup_allowed(&config, cgroup_id) {
+        return;
+    }
     learn_owner(sk, tgid, tid, exec_id, start, cgroup_id, &comm);
     if !emits(kind) {
         return;
@@ -377,8 +380,9 @@ fn owner_event<C: EbpfContext>(
     };
     match &owner {
         Some(owner) if config.filter_tgids != 0 && !is_traced(owner.tgid) => return,
+        Some(owner) if !cgroup_allowed(&config, owner.cgroup_id) => return,
         Some(_) => {}
-        None if config.filter_tgids != 0 => return,
+        None if config.filter_tgids != 0 || config.filter_cgroups != 0 => return,
         None => count(NetCounter::OwnerUnknown),
     }
     event.info.value = value;

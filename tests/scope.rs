@@ -1,0 +1,154 @@
+//! Containers and scoping on a real cgroup v2 hierarchy: a fixture placed
+//! in a cgroup named the way the kubelet and containerd name theirs gets
+//! that container id and pod UID, and with `scope.cgroups` set, a fixture
+//! outside the scope is never sampled: the kernel drops its samples, so
+//! every sample the agent reads belongs to the one inside.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use hearth_tests::{Running, agent::*, build_two_leaves_c, require_root, stderr};
+
+/// The cgroup v2 mount, from /proc/self/mountinfo (hybrid systems mount it
+/// at /sys/fs/cgroup/unified).
+fn cgroup2_mount() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount = left.split(' ').nth(4)?;
+            right.starts_with("cgroup2 ").then(|| PathBuf::from(mount))
+        })
+        .expect("a cgroup v2 hierarchy is mounted")
+}
+
+/// cgroups made for the test; their processes go back to the root and the
+/// directories are removed on drop.
+struct Cgroups {
+    mount: PathBuf,
+    made: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    fn make(&mut self, relative: &str) -> PathBuf {
+        let path = self.mount.join(relative);
+        std::fs::create_dir_all(&path).unwrap();
+        // Every directory made, deepest last, to remove deepest first.
+        let mut dir = path.clone();
+        let mut new = Vec::new();
+        while dir != self.mount && !self.made.contains(&dir) {
+            new.push(dir.clone());
+            dir = dir.parent().unwrap().to_owned();
+        }
+        self.made.extend(new.into_iter().rev());
+        path
+    }
+
+    fn put(&self, cgroup: &Path, pid: u32) {
+        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.made.iter().rev() {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines() {
+                    let _ = std::fs::write(self.mount.join("cgroup.procs"), pid);
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn kubelet_cgroups_name_the_container_and_scoping_drops_the_rest_in_the_kernel() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cgroups = Cgroups {
+        mount: cgroup2_mount(),
+        made: Vec::new(),
+    };
+    let n = std::process::id();
+    let pod_uid = format!("0f8b8a1e-2c3d-4e5f-8a9b-{n:012x}");
+    let container_id = format!("{:064x}", u64::from(n) * 7919);
+    let pod_slice = format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        pod_uid.replace('-', "_")
+    );
+    let inside_cgroup = cgroups.make(&format!("{pod_slice}/cri-containerd-{container_id}.scope"));
+    let outside_cgroup = cgroups.make(&format!("hearth-test-outside-{n}.slice"));
+
+    let fixture = build_two_leaves_c(dir.path());
+    let inside = Running::spawn(&fixture, &["30"]);
+    let outside = Running::spawn(&fixture, &["30"]);
+    cgroups.put(&inside_cgroup, inside.pid());
+    cgroups.put(&outside_cgroup, outside.pid());
+
+    let receiver = OtlpReceiver::start("grpc", 0, &dir.path().join("requests.jsonl"));
+    let metrics_port = free_port();
+    let agent = spawn_agent(
+        &[
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--export-interval",
+            "1s",
+            "-F",
+            "99",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--control-socket",
+            dir.path().join("ctl.sock").to_str().unwrap(),
+        ],
+        &[("HEARTH_SCOPE__CGROUPS", &pod_slice)],
+    );
+    wait_ready(metrics_port, Duration::from_secs(20));
+    receiver.wait_for(3, Duration::from_secs(20));
+    let output = terminate(agent, Duration::from_secs(20));
+    assert!(output.status.success(), "agent: {}", stderr(&output));
+    let (inside_pid, outside_pid) = (inside.pid(), outside.pid());
+    drop((inside, outside));
+
+    let mut pids_seen = std::collections::BTreeSet::new();
+    let (mut inside_samples, mut all_samples) = (0, 0);
+    for resource in receiver
+        .requests()
+        .iter()
+        .flat_map(|r| r["resources"].as_array().unwrap().clone())
+    {
+        let attributes = &resource["attributes"];
+        let pid = attributes["process.pid"].as_u64().unwrap() as u32;
+        pids_seen.insert(pid);
+        let samples: u64 = resource["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["samples"].as_array().unwrap().clone())
+            .map(|s| s["value"].as_u64().unwrap())
+            .sum();
+        all_samples += samples;
+        if pid == inside_pid {
+            inside_samples += samples;
+            assert_eq!(
+                attributes["container.id"],
+                container_id.as_str(),
+                "{attributes}"
+            );
+            assert_eq!(attributes["k8s.pod.uid"], pod_uid.as_str(), "{attributes}");
+        }
+    }
+    assert!(inside_samples > 0, "the scoped fixture was sampled");
+    assert!(
+        !pids_seen.contains(&outside_pid),
+        "the fixture outside the scope must not be sampled: {pids_seen:?}"
+    );
+    assert_eq!(
+        pids_seen.into_iter().collect::<Vec<_>>(),
+        [inside_pid],
+        "only the scoped cgroup reaches the agent"
+    );
+    assert_eq!(all_samples, inside_samples);
+}
