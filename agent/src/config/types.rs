@@ -44,6 +44,10 @@ pub struct Config {
     pub mode: Mode,
     pub control: ControlConfig,
     pub scope: ScopeConfig,
+    /// The Kubernetes node this agent runs on, put on every resource as
+    /// `k8s.node.name`; in a DaemonSet, from the downward API
+    /// (`HEARTH_NODE_NAME` set from `spec.nodeName`).
+    pub node_name: Option<String>,
 }
 
 impl Default for Config {
@@ -67,6 +71,7 @@ impl Default for Config {
             mode: Mode::Always,
             control: ControlConfig::default(),
             scope: ScopeConfig::default(),
+            node_name: None,
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod keys {
     pub const PROCESS_EXECUTABLE_PATH: &str = "process.executable.path";
     pub const CONTAINER_ID: &str = "container.id";
     pub const K8S_POD_UID: &str = "k8s.pod.uid";
+    pub const K8S_NODE_NAME: &str = "k8s.node.name";
     pub const THREAD_NAME: &str = "thread.name";
     pub const BUILD_ID_GNU: &str = "process.executable.build_id.gnu";
 }
@@ -62,6 +63,7 @@ struct Rule {
 pub struct ResourceNamer {
     rules: Vec<Rule>,
     host_name: String,
+    node_name: Option<String>,
 }
 
 impl ResourceNamer {
@@ -78,7 +80,17 @@ impl ResourceNamer {
                 service: r.service.clone(),
             })
             .collect();
-        Self { rules, host_name }
+        Self {
+            rules,
+            host_name,
+            node_name: None,
+        }
+    }
+
+    /// Names the Kubernetes node every resource is on (`k8s.node.name`).
+    pub fn with_node_name(mut self, node_name: Option<String>) -> Self {
+        self.node_name = node_name.filter(|n| !n.is_empty());
+        self
     }
 
     /// This machine's host name, as the kernel has it.
@@ -151,6 +163,9 @@ impl ResourceNamer {
                     ),
                     (keys::HOST_NAME, AttributeValue::Str(self.host_name.clone())),
                 ];
+                if let Some(node) = &self.node_name {
+                    attributes.push((keys::K8S_NODE_NAME, AttributeValue::Str(node.clone())));
+                }
                 if !many_processes {
                     attributes.push((
                         keys::PROCESS_PID,
@@ -217,6 +232,28 @@ mod tests {
                 ("process.executable.name", "app".to_owned()),
                 ("process.executable.path", "/usr/bin/app".to_owned()),
             ]
+        );
+    }
+
+    #[test]
+    fn a_node_name_goes_on_every_resource() {
+        let groups = namer(vec![])
+            .with_node_name(Some("node-1".into()))
+            .group(&small_profile());
+        for group in &groups {
+            assert!(
+                group
+                    .attributes
+                    .contains(&(keys::K8S_NODE_NAME, AttributeValue::Str("node-1".into())))
+            );
+        }
+        let none = namer(vec![]).with_node_name(Some(String::new()));
+        let groups = none.group(&small_profile());
+        assert!(
+            groups[0]
+                .attributes
+                .iter()
+                .all(|(k, _)| *k != keys::K8S_NODE_NAME)
         );
     }
 

@@ -218,7 +218,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ReasonNames::from_kernel(),
         ));
     }
-    let namer = ResourceNamer::new(&config.service_name, ResourceNamer::system_host_name());
+    let namer = ResourceNamer::new(&config.service_name, ResourceNamer::system_host_name())
+        .with_node_name(config.node_name.clone());
     let mut history = History::new(config.history.max_bytes.0, config.history.max_age);
     let limits = WindowLimits {
         idle_windows: config.limits.process_idle_windows,
