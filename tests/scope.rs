@@ -152,3 +152,136 @@ fn kubelet_cgroups_name_the_container_and_scoping_drops_the_rest_in_the_kernel()
     );
     assert_eq!(all_samples, inside_samples);
 }
+
+/// OTLP resources per process id, from the receiver's requests.
+fn resources_by_pid(receiver: &OtlpReceiver) -> std::collections::BTreeMap<u64, serde_json::Value> {
+    receiver
+        .requests()
+        .iter()
+        .flat_map(|r| r["resources"].as_array().unwrap().clone())
+        .filter_map(|r| {
+            Some((
+                r["attributes"]["process.pid"].as_u64()?,
+                r["attributes"].clone(),
+            ))
+        })
+        .collect()
+}
+
+/// A PodList as `GET /api/v1/pods` returns it (the v1 wire format; written
+/// for this test: no cluster is reachable from the build machine to record
+/// one). Two pods: the fixture's on `node-a`, another on `node-b`.
+fn pod_list(pod_uid: &str, container_id: &str) -> serde_json::Value {
+    let pod = |name: &str, uid: &str, node: &str, container: &str, id: &str| {
+        serde_json::json!({
+            "metadata": {
+                "name": name, "namespace": "shop", "uid": uid,
+                "resourceVersion": "4711", "labels": {"app": "checkout"}
+            },
+            "spec": {"nodeName": node, "containers": [{"name": container, "image": "shop/api:1.2"}]},
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [{
+                    "name": container, "containerID": format!("containerd://{id}"),
+                    "image": "shop/api:1.2", "imageID": "", "ready": true,
+                    "restartCount": 0, "started": true, "state": {"running": {}}
+                }]
+            }
+        })
+    };
+    serde_json::json!({
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "4712"},
+        "items": [
+            pod("checkout-7d9f", pod_uid, "node-a", "api", container_id),
+            pod("other-1", "00000000-0000-4000-8000-000000000001", "node-b", "web", &"ab".repeat(32)),
+        ]
+    })
+}
+
+#[test]
+fn pods_are_named_from_the_kubernetes_api_and_profiling_goes_on_without_it() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cgroups = Cgroups {
+        mount: cgroup2_mount(),
+        made: Vec::new(),
+    };
+    let n = std::process::id();
+    let pod_uid = format!("7c1e2d3f-4a5b-4c6d-8e9f-{n:012x}");
+    let container_id = format!("{:064x}", u64::from(n) * 104_729);
+    let cgroup = cgroups.make(&format!(
+        "kubepods.slice/kubepods-pod{}.slice/cri-containerd-{container_id}.scope",
+        pod_uid.replace('-', "_")
+    ));
+    let fixture = Running::spawn(&build_two_leaves_c(dir.path()), &["40"]);
+    cgroups.put(&cgroup, fixture.pid());
+    let pid = u64::from(fixture.pid());
+
+    let pods = dir.path().join("pods.json");
+    std::fs::write(&pods, pod_list(&pod_uid, &container_id).to_string()).unwrap();
+    let api_log = dir.path().join("api.jsonl");
+    let (_api, api_port) = start_receiver(
+        "kube_api.py",
+        &[
+            "--pods",
+            pods.to_str().unwrap(),
+            "--log",
+            api_log.to_str().unwrap(),
+        ],
+    );
+
+    let run = |api_server: &str, name: &str| {
+        let receiver =
+            OtlpReceiver::start("grpc", 0, &dir.path().join(format!("otlp-{name}.jsonl")));
+        let metrics_port = free_port();
+        let agent = spawn_agent(
+            &[
+                "--otlp-endpoint",
+                &receiver.endpoint(),
+                "--export-interval",
+                "1s",
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics_port}"),
+                "--control-socket",
+                dir.path().join(format!("{name}.sock")).to_str().unwrap(),
+            ],
+            &[
+                ("HEARTH_KUBERNETES__API_SERVER", api_server),
+                ("HEARTH_NODE_NAME", "node-a"),
+            ],
+        );
+        wait_ready(metrics_port, Duration::from_secs(20));
+        receiver.wait_for(3, Duration::from_secs(20));
+        let output = terminate(agent, Duration::from_secs(20));
+        assert!(output.status.success(), "agent: {}", stderr(&output));
+        (resources_by_pid(&receiver), stderr(&output))
+    };
+
+    let (resources, _) = run(&format!("http://127.0.0.1:{api_port}"), "api");
+    let attributes = resources.get(&pid).expect("the fixture's resource");
+    assert_eq!(attributes["k8s.pod.name"], "checkout-7d9f", "{attributes}");
+    assert_eq!(attributes["k8s.namespace.name"], "shop");
+    assert_eq!(attributes["k8s.container.name"], "api");
+    assert_eq!(attributes["k8s.pod.uid"], pod_uid.as_str());
+    assert_eq!(attributes["k8s.node.name"], "node-a");
+    assert_eq!(attributes["container.id"], container_id.as_str());
+    assert_eq!(
+        attributes["service.name"], "api",
+        "named after its container"
+    );
+    let requests = std::fs::read_to_string(&api_log).unwrap();
+    assert!(
+        requests.contains("spec.nodeName=node-a"),
+        "only this node's pods are asked for: {requests}"
+    );
+
+    // The API away: profiles still go out, with the container id and pod UID.
+    let (resources, log) = run(&format!("http://127.0.0.1:{}", free_port()), "down");
+    let attributes = resources.get(&pid).expect("profiled without the API");
+    assert_eq!(attributes["container.id"], container_id.as_str());
+    assert_eq!(attributes["k8s.pod.uid"], pod_uid.as_str());
+    assert!(attributes.get("k8s.pod.name").is_none(), "{attributes}");
+    assert!(log.contains("Kubernetes API unreachable"), "{log}");
+}

@@ -29,7 +29,7 @@ fn receiver_script(name: &str) -> PathBuf {
 }
 
 /// Starts a receiver script and waits for its "listening on PORT" line.
-fn start_receiver(script: &str, args: &[&str]) -> (Running, u16) {
+pub fn start_receiver(script: &str, args: &[&str]) -> (Running, u16) {
     let mut child = Command::new("python3")
         .arg(receiver_script(script))
         .args(args)

@@ -48,6 +48,7 @@ pub struct Config {
     /// `k8s.node.name`; in a DaemonSet, from the downward API
     /// (`HEARTH_NODE_NAME` set from `spec.nodeName`).
     pub node_name: Option<String>,
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Default for Config {
@@ -72,6 +73,7 @@ impl Default for Config {
             control: ControlConfig::default(),
             scope: ScopeConfig::default(),
             node_name: None,
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -324,6 +326,18 @@ pub enum Mode {
     Always,
     /// Sample only while enabled over the control socket, or for a capture.
     OnDemand,
+}
+
+/// Pod, namespace and container names from the Kubernetes API.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// The API server, reached without credentials (e.g. through
+    /// `kubectl proxy`). When absent, a pod's service account is used if the
+    /// agent runs in a cluster (`KUBERNETES_SERVICE_HOST` set), else no names
+    /// are looked up. Only this node's pods are watched (`node_name`, else
+    /// the host name).
+    pub api_server: Option<Url>,
 }
 
 /// Which processes may be profiled, enforced in the kernel.

@@ -7,6 +7,10 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     config::ServiceNameConfig,
+    process::{
+        ContainerRef,
+        kubernetes::{PodIndex, PodInfo},
+    },
     profile::{Process, Profile},
 };
 
@@ -36,6 +40,9 @@ pub mod keys {
     pub const CONTAINER_ID: &str = "container.id";
     pub const K8S_POD_UID: &str = "k8s.pod.uid";
     pub const K8S_NODE_NAME: &str = "k8s.node.name";
+    pub const K8S_POD_NAME: &str = "k8s.pod.name";
+    pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";
+    pub const K8S_CONTAINER_NAME: &str = "k8s.container.name";
     pub const THREAD_NAME: &str = "thread.name";
     pub const BUILD_ID_GNU: &str = "process.executable.build_id.gnu";
 }
@@ -64,6 +71,7 @@ pub struct ResourceNamer {
     rules: Vec<Rule>,
     host_name: String,
     node_name: Option<String>,
+    pods: Option<PodIndex>,
 }
 
 impl ResourceNamer {
@@ -84,7 +92,21 @@ impl ResourceNamer {
             rules,
             host_name,
             node_name: None,
+            pods: None,
         }
+    }
+
+    /// Names pods and containers from the Kubernetes API's view of them.
+    pub fn with_pods(mut self, pods: Option<PodIndex>) -> Self {
+        self.pods = pods;
+        self
+    }
+
+    /// The pod of a container, and the container's name in it, when known.
+    fn pod_of(&self, container: &ContainerRef) -> Option<(PodInfo, Option<String>)> {
+        let pod = self.pods.as_ref()?.get(container.pod_uid.as_deref()?)?;
+        let name = pod.containers.get(&container.id).cloned();
+        Some((pod, name))
     }
 
     /// Names the Kubernetes node every resource is on (`k8s.node.name`).
@@ -115,7 +137,13 @@ impl ResourceNamer {
                     && matches(&r.executable_path, (!path.is_empty()).then_some(path))
                     && matches(&r.container_id, container)
             })
-            .map_or_else(|| executable.to_owned(), |r| r.service.clone())
+            .map(|r| r.service.clone())
+            .or_else(|| {
+                // The container's name in its pod, as Kubernetes knows it.
+                let (_, name) = self.pod_of(process.container.as_ref()?)?;
+                name
+            })
+            .unwrap_or_else(|| executable.to_owned())
     }
 
     /// Groups the profile's samples: per container when known, else per process.
@@ -186,6 +214,14 @@ impl ResourceNamer {
                         keys::CONTAINER_ID,
                         AttributeValue::Str(container.id.clone()),
                     ));
+                    if let Some((pod, name)) = self.pod_of(container) {
+                        let text = |s: String| AttributeValue::Str(s);
+                        attributes.push((keys::K8S_POD_NAME, text(pod.name)));
+                        attributes.push((keys::K8S_NAMESPACE_NAME, text(pod.namespace)));
+                        if let Some(name) = name {
+                            attributes.push((keys::K8S_CONTAINER_NAME, text(name)));
+                        }
+                    }
                     if let Some(pod) = &container.pod_uid {
                         attributes.push((keys::K8S_POD_UID, AttributeValue::Str(pod.clone())));
                     }
@@ -204,7 +240,7 @@ impl ResourceNamer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::ServiceNameRule, export::fixtures::small_profile, process::ContainerRef};
+    use crate::{config::ServiceNameRule, export::fixtures::small_profile};
 
     fn namer(rules: Vec<ServiceNameRule>) -> ResourceNamer {
         ResourceNamer::new(&ServiceNameConfig { rules }, "node-1".into())

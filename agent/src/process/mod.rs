@@ -4,6 +4,7 @@
 //! mapping (a `dlopen` since).
 
 mod container;
+pub mod kubernetes;
 mod objects;
 
 use std::{

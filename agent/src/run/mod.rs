@@ -32,7 +32,7 @@ use crate::{
     probes::{
         NET_DRAIN_INTERVAL, NetSettings, ProbeSettings, Probes, check_frequency, online_cpu_count,
     },
-    process::ProcessLimits,
+    process::{ProcessLimits, kubernetes},
     retention::{ExportQueue, History, QueueLimits, Spool},
     scope,
     symbolize::Symbolizer,
@@ -218,8 +218,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ReasonNames::from_kernel(),
         ));
     }
-    let namer = ResourceNamer::new(&config.service_name, ResourceNamer::system_host_name())
-        .with_node_name(config.node_name.clone());
+    let host_name = ResourceNamer::system_host_name();
+    let pods = start_pod_watch(&config, &host_name).await?;
+    let namer = ResourceNamer::new(&config.service_name, host_name)
+        .with_node_name(config.node_name.clone())
+        .with_pods(pods.as_ref().map(|(index, _)| index.clone()));
     let mut history = History::new(config.history.max_bytes.0, config.history.max_age);
     let limits = WindowLimits {
         idle_windows: config.limits.process_idle_windows,
@@ -388,7 +391,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     drop(control_tx);
+    if let Some((_, task)) = pods {
+        task.abort();
+    }
     Ok(())
+}
+
+/// Starts watching this node's pods when a Kubernetes API is configured or
+/// the agent runs in a cluster; the task stops with the agent.
+async fn start_pod_watch(
+    config: &Config,
+    host_name: &str,
+) -> anyhow::Result<Option<(kubernetes::PodIndex, tokio::task::JoinHandle<()>)>> {
+    let client = kubernetes::client(config.kubernetes.api_server.as_ref())
+        .await
+        .context("setting up the Kubernetes API client (kubernetes.api_server)")?;
+    let Some(client) = client else {
+        return Ok(None);
+    };
+    let node = config
+        .node_name
+        .clone()
+        .unwrap_or_else(|| host_name.to_owned());
+    let index = kubernetes::PodIndex::default();
+    let task = tokio::spawn(kubernetes::watch(client, node, index.clone()));
+    Ok(Some((index, task)))
 }
 
 /// How often the scope's cgroup subtrees are walked again.
