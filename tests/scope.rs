@@ -232,7 +232,7 @@ fn pods_are_named_from_the_kubernetes_api_and_profiling_goes_on_without_it() {
         ],
     );
 
-    let run = |api_server: &str, name: &str| {
+    let run = |api_server: &str, name: &str, during: &dyn Fn(&Path)| {
         let receiver =
             OtlpReceiver::start("grpc", 0, &dir.path().join(format!("otlp-{name}.jsonl")));
         let metrics_port = free_port();
@@ -254,12 +254,40 @@ fn pods_are_named_from_the_kubernetes_api_and_profiling_goes_on_without_it() {
         );
         wait_ready(metrics_port, Duration::from_secs(20));
         receiver.wait_for(3, Duration::from_secs(20));
+        during(&dir.path().join(format!("{name}.sock")));
         let output = terminate(agent, Duration::from_secs(20));
         assert!(output.status.success(), "agent: {}", stderr(&output));
         (resources_by_pid(&receiver), stderr(&output))
     };
 
-    let (resources, _) = run(&format!("http://127.0.0.1:{api_port}"), "api");
+    // On call: a capture of the pod by its name.
+    let capture = dir.path().join("pod.folded");
+    let by_name = |socket: &Path| {
+        let ctl = |pod: &str, out: &Path| {
+            std::process::Command::new(hearth_tests::hearth_bin())
+                .arg("ctl")
+                .arg("--socket")
+                .arg(socket)
+                .args(["capture", "--duration", "2s", "--pod", pod, "--output"])
+                .arg(out)
+                .output()
+                .unwrap()
+        };
+        let found = ctl("shop/checkout-7d9f", &capture);
+        assert!(found.status.success(), "{}", stderr(&found));
+        let missing = ctl("shop/nope", &dir.path().join("none.folded"));
+        assert!(
+            stderr(&missing).contains("no pod shop/nope on this node"),
+            "{}",
+            stderr(&missing)
+        );
+    };
+    let (resources, _) = run(&format!("http://127.0.0.1:{api_port}"), "api", &by_name);
+    let stacks = hearth_tests::read_folded(&capture);
+    assert!(
+        !stacks.is_empty() && stacks.iter().all(|(frames, _)| frames[0] == "two_leaves"),
+        "the pod's process only: {stacks:?}"
+    );
     let attributes = resources.get(&pid).expect("the fixture's resource");
     assert_eq!(attributes["k8s.pod.name"], "checkout-7d9f", "{attributes}");
     assert_eq!(attributes["k8s.namespace.name"], "shop");
@@ -278,7 +306,11 @@ fn pods_are_named_from_the_kubernetes_api_and_profiling_goes_on_without_it() {
     );
 
     // The API away: profiles still go out, with the container id and pod UID.
-    let (resources, log) = run(&format!("http://127.0.0.1:{}", free_port()), "down");
+    let (resources, log) = run(
+        &format!("http://127.0.0.1:{}", free_port()),
+        "down",
+        &|_| {},
+    );
     let attributes = resources.get(&pid).expect("profiled without the API");
     assert_eq!(attributes["container.id"], container_id.as_str());
     assert_eq!(attributes["k8s.pod.uid"], pod_uid.as_str());

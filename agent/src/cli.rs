@@ -85,6 +85,10 @@ pub struct CtlFilter {
     /// Only this Kubernetes pod, by UID.
     #[arg(long, value_name = "UID")]
     pub pod_uid: Option<String>,
+    /// Only this Kubernetes pod, by namespace and name (the agent needs the
+    /// Kubernetes API for this).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -166,6 +166,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 ("pid", filter.pid.map(|p| p.to_string())),
                 ("container", filter.container),
                 ("pod_uid", filter.pod_uid),
+                ("pod", filter.pod),
                 ("format", Some(format.name().to_owned())),
             ]);
             let body = call(&socket, Method::POST, &format!("/capture?{q}"))
@@ -196,6 +197,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 ("pid", filter.pid.map(|p| p.to_string())),
                 ("container", filter.container),
                 ("pod_uid", filter.pod_uid),
+                ("pod", filter.pod),
             ]);
             let body = call(&socket, Method::GET, &format!("/history?{q}"))
                 .await?

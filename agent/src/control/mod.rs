@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::{export::OutputFormat, profile::Profile};
+use crate::{export::OutputFormat, process::kubernetes::PodIndex, profile::Profile};
 
 /// Version prefix of every control endpoint.
 pub const API_PREFIX: &str = "/v1";
@@ -44,6 +44,9 @@ pub struct Filter {
     pub container: Option<String>,
     /// A Kubernetes pod UID.
     pub pod_uid: Option<String>,
+    /// A Kubernetes pod as `namespace/name`; the agent turns it into its
+    /// UID from the API's view of this node's pods.
+    pub pod: Option<String>,
 }
 
 impl std::fmt::Display for Filter {
@@ -58,6 +61,9 @@ impl std::fmt::Display for Filter {
         if let Some(uid) = &self.pod_uid {
             parts.push(format!("pod UID {uid}"));
         }
+        if let Some(pod) = &self.pod {
+            parts.push(format!("pod {pod}"));
+        }
         if parts.is_empty() {
             f.write_str("every process")
         } else {
@@ -68,7 +74,32 @@ impl std::fmt::Display for Filter {
 
 impl Filter {
     pub fn is_empty(&self) -> bool {
-        self.pid.is_none() && self.container.is_none() && self.pod_uid.is_none()
+        self.pid.is_none()
+            && self.container.is_none()
+            && self.pod_uid.is_none()
+            && self.pod.is_none()
+    }
+
+    /// Turns `pod` (namespace/name) into its UID through `pods`.
+    pub fn resolve_pod(mut self, pods: Option<&PodIndex>) -> Result<Self, Refusal> {
+        let Some(pod) = self.pod.take() else {
+            return Ok(self);
+        };
+        let (namespace, name) = pod
+            .split_once('/')
+            .ok_or_else(|| Refusal::BadRequest(format!("`pod={pod}` is not NAMESPACE/NAME")))?;
+        let pods = pods.ok_or_else(|| {
+            Refusal::Conflict(
+                "pod names need the Kubernetes API (kubernetes.api_server, or the agent running \
+                 in a cluster); give the pod's UID instead"
+                    .into(),
+            )
+        })?;
+        let uid = pods
+            .find(namespace, name)
+            .ok_or_else(|| Refusal::NotFound(format!("no pod {pod} on this node")))?;
+        self.pod_uid = Some(uid);
+        Ok(self)
     }
 
     /// The indexes of the samples of `profile` this filter keeps.

@@ -8,8 +8,8 @@
 //! | `GET /v1/status` | [`Status`] as JSON |
 //! | `POST /v1/enable?for=15m` | sample until then (on-demand mode) |
 //! | `POST /v1/disable` | stop sampling now (on-demand mode) |
-//! | `POST /v1/capture?duration=30s[&pid=P][&container=ID][&pod_uid=U][&format=svg]` | record now; the profile file is the body |
-//! | `GET /v1/history?last=10m[&pid=P][&container=ID][&pod_uid=U]` | the local history's profiles, merged, as gzipped pprof |
+//! | `POST /v1/capture?duration=30s[&pid=P][&container=ID][&pod_uid=U][&pod=NS/NAME][&format=svg]` | record now; the profile file is the body |
+//! | `GET /v1/history?last=10m[&pid=P][&container=ID][&pod_uid=U][&pod=NS/NAME]` | the local history's profiles, merged, as gzipped pprof |
 
 use std::{collections::HashMap, os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
@@ -176,6 +176,7 @@ impl Params {
             pid,
             container: text("container"),
             pod_uid: text("pod_uid"),
+            pod: text("pod"),
         })
     }
 
@@ -218,7 +219,7 @@ async fn capture(
     State(requests): State<Requests>,
     Query(values): Query<HashMap<String, String>>,
 ) -> Response {
-    let known = ["duration", "pid", "container", "pod_uid", "format"];
+    let known = ["duration", "pid", "container", "pod_uid", "pod", "format"];
     let parsed = Params::new(values, &known)
         .and_then(|p| Ok((p.duration("duration", None)?, p.filter()?, p.format()?)));
     let (duration, filter, format) = match parsed {
@@ -239,7 +240,7 @@ async fn history(
     State(requests): State<Requests>,
     Query(values): Query<HashMap<String, String>>,
 ) -> Response {
-    let known = ["last", "pid", "container", "pod_uid"];
+    let known = ["last", "pid", "container", "pod_uid", "pod"];
     let parsed =
         Params::new(values, &known).and_then(|p| Ok((p.duration("last", None)?, p.filter()?)));
     let (last, filter) = match parsed {

@@ -33,6 +33,14 @@ impl PodIndex {
         self.0.read().expect("pod index lock").get(uid).cloned()
     }
 
+    /// The UID of the pod `namespace/name`.
+    pub fn find(&self, namespace: &str, name: &str) -> Option<String> {
+        let pods = self.0.read().expect("pod index lock");
+        pods.iter()
+            .find(|(_, p)| p.namespace == namespace && p.name == name)
+            .map(|(uid, _)| uid.clone())
+    }
+
     pub fn len(&self) -> usize {
         self.0.read().expect("pod index lock").len()
     }

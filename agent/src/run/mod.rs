@@ -229,7 +229,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let period_ns = 1_000_000_000 / config.frequency;
 
-    let mut oncall = OnCall::new(&config, process_limits);
+    let mut oncall = OnCall::new(
+        &config,
+        process_limits,
+        pods.as_ref().map(|(index, _)| index.clone()),
+    );
     // Requests from the control socket; the sender is kept even without a
     // socket, so the loop's receiver simply never yields.
     let (control_tx, mut control_rx) = mpsc::channel(16);

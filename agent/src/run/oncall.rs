@@ -13,7 +13,7 @@ use crate::{
     event::Event,
     export::{self, OutputFormat, SvgOptions, merge_pprof},
     pipeline::Pipeline,
-    process::ProcessLimits,
+    process::{ProcessLimits, kubernetes::PodIndex},
     profile::ProfileMeta,
     retention::History,
     symbolize::Symbolizer,
@@ -40,6 +40,7 @@ pub struct OnCall {
     frequency_hz: u64,
     events: Vec<Event>,
     process_limits: ProcessLimits,
+    pods: Option<PodIndex>,
 }
 
 /// What a request may look at in the agent.
@@ -50,7 +51,7 @@ pub struct Agent<'a> {
 }
 
 impl OnCall {
-    pub fn new(config: &Config, process_limits: ProcessLimits) -> Self {
+    pub fn new(config: &Config, process_limits: ProcessLimits, pods: Option<PodIndex>) -> Self {
         Self {
             mode: config.mode,
             enabled_until: None,
@@ -61,6 +62,7 @@ impl OnCall {
             frequency_hz: config.frequency,
             events: config.events.clone(),
             process_limits,
+            pods,
         }
     }
 
@@ -156,6 +158,13 @@ impl OnCall {
                 format,
                 reply,
             } => {
+                let filter = match filter.resolve_pod(self.pods.as_ref()) {
+                    Ok(filter) => filter,
+                    Err(refusal) => {
+                        let _ = reply.send(Err(refusal));
+                        return None;
+                    }
+                };
                 let refusal = if !self.events.contains(&Event::Cpu) {
                     Some(Refusal::Conflict(
                         "this agent does not sample CPU (events has no `cpu`)".into(),
@@ -196,7 +205,10 @@ impl OnCall {
                 filter,
                 reply,
             } => {
-                let _ = reply.send(history(agent.history, last, &filter));
+                let answer = filter
+                    .resolve_pod(self.pods.as_ref())
+                    .and_then(|filter| history(agent.history, last, &filter));
+                let _ = reply.send(answer);
                 None
             }
         }
