@@ -15,11 +15,14 @@ use crate::{
 #[command(
     name = "hearth",
     version,
-    about = "eBPF CPU profiler: samples stacks on every CPU and writes flamegraphs and pprof profiles",
-    long_about = "Hearth samples the kernel and user stacks of running programs from eBPF and \
-        symbolizes them (ELF symbols, DWARF lines and inlined functions, kallsyms). \
-        `hearth record` writes one flamegraph SVG, gzipped pprof or collapsed stacks; \
-        `hearth run` profiles continuously and exports OTLP profiles or Pyroscope pushes.\n\n\
+    about = "eBPF continuous profiler: CPU stacks and network events as flamegraphs, pprof and OTLP profiles",
+    long_about = "Hearth samples the kernel and user stacks of running programs from eBPF, \
+        records network events (bytes sent and received, TCP retransmits, resets, connect \
+        latency, drops) with the stack or process behind them, and symbolizes every frame \
+        (ELF symbols, DWARF lines and inlined functions, kallsyms). `hearth record` writes \
+        flamegraph SVGs, gzipped pprof or collapsed stacks; `hearth run` profiles continuously \
+        and exports OTLP profiles or Pyroscope pushes; `hearth ctl` switches a running agent \
+        on and off and captures profiles on the spot.\n\n\
         Needs root, or CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE to name other \
         users' code), and a kernel with BTF (/sys/kernel/btf/vmlinux)."
 )]

@@ -10,7 +10,7 @@ use tokio::net::UnixStream;
 
 use super::{API_PREFIX, Status};
 use crate::{
-    cli::{CtlArgs, CtlCommand},
+    cli::{CtlArgs, CtlCommand, CtlFilter},
     export::OutputFormat,
     record::OutputFile,
 };
@@ -129,8 +129,30 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    OutputFile::prepare(path)?.commit(|out| out.write_all(bytes))?;
+/// The query pairs of a filter.
+fn filter_pairs(filter: CtlFilter) -> [(&'static str, Option<String>); 4] {
+    [
+        ("pid", filter.pid.map(|p| p.to_string())),
+        ("container", filter.container),
+        ("pod_uid", filter.pod_uid),
+        ("pod", filter.pod),
+    ]
+}
+
+/// Asks the agent for a profile file and writes it to `output`.
+async fn fetch_to_file(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    output: &Path,
+) -> anyhow::Result<()> {
+    let body = call(socket, method, path).await?.ok()?;
+    OutputFile::prepare(output)?.commit(|out| out.write_all(&body))?;
+    eprintln!(
+        "hearth ctl: wrote {} ({} bytes)",
+        output.display(),
+        body.len()
+    );
     Ok(())
 }
 
@@ -161,24 +183,11 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let format = OutputFormat::from_path(&output)?;
             // Proven writable before the agent spends the time.
             drop(OutputFile::prepare(&output)?);
-            let q = query(&[
-                ("duration", Some(duration.to_string())),
-                ("pid", filter.pid.map(|p| p.to_string())),
-                ("container", filter.container),
-                ("pod_uid", filter.pod_uid),
-                ("pod", filter.pod),
-                ("format", Some(format.name().to_owned())),
-            ]);
-            let body = call(&socket, Method::POST, &format!("/capture?{q}"))
-                .await?
-                .ok()?;
-            write_file(&output, &body)?;
-            eprintln!(
-                "hearth ctl: wrote {} ({} bytes)",
-                output.display(),
-                body.len()
-            );
-            Ok(())
+            let mut pairs = vec![("duration", Some(duration.to_string()))];
+            pairs.extend(filter_pairs(filter));
+            pairs.push(("format", Some(format.name().to_owned())));
+            let path = format!("/capture?{}", query(&pairs));
+            fetch_to_file(&socket, Method::POST, &path, &output).await
         }
         CtlCommand::History {
             last,
@@ -192,23 +201,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 );
             }
             drop(OutputFile::prepare(&output)?);
-            let q = query(&[
-                ("last", Some(last.to_string())),
-                ("pid", filter.pid.map(|p| p.to_string())),
-                ("container", filter.container),
-                ("pod_uid", filter.pod_uid),
-                ("pod", filter.pod),
-            ]);
-            let body = call(&socket, Method::GET, &format!("/history?{q}"))
-                .await?
-                .ok()?;
-            write_file(&output, &body)?;
-            eprintln!(
-                "hearth ctl: wrote {} ({} bytes)",
-                output.display(),
-                body.len()
-            );
-            Ok(())
+            let mut pairs = vec![("last", Some(last.to_string()))];
+            pairs.extend(filter_pairs(filter));
+            let path = format!("/history?{}", query(&pairs));
+            fetch_to_file(&socket, Method::GET, &path, &output).await
         }
     }
 }
