@@ -69,6 +69,16 @@ const NET_PROGRAMS: [(&str, &str, Option<NetEventKind>); 7] = [
     ("net_drop", "kfree_skb", Some(NetEventKind::Drop)),
 ];
 
+/// (program, tracepoint) of the network programs `emit` needs.
+fn wanted_net_programs(
+    emit: &[NetEventKind],
+) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+    NET_PROGRAMS
+        .into_iter()
+        .filter(move |(_, _, kind)| kind.is_none_or(|kind| emit.contains(&kind)))
+        .map(|(name, tracepoint, _)| (name, tracepoint))
+}
+
 /// How the probes are set up at load time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeSettings {
@@ -353,14 +363,12 @@ impl Probes {
             })?;
         }
         if let Some(net) = net {
-            for (name, _, kind) in NET_PROGRAMS {
-                if kind.is_none_or(|kind| net.emit.contains(&kind)) {
-                    let program: &mut RawTracePoint = program(&mut ebpf, name)?;
-                    program.load().map_err(|source| ProbeError::Program {
-                        program: name,
-                        source,
-                    })?;
-                }
+            for (name, _) in wanted_net_programs(&net.emit) {
+                let program: &mut RawTracePoint = program(&mut ebpf, name)?;
+                program.load().map_err(|source| ProbeError::Program {
+                    program: name,
+                    source,
+                })?;
             }
         }
         if settings.filter_processes {
@@ -428,19 +436,15 @@ impl Probes {
     /// sampler to a software cpu-clock event on every online CPU.
     pub fn start(&mut self) -> Result<(), ProbeError> {
         if let Some(net) = &self.settings.network {
-            let emit = net.emit.clone();
-            for (name, tracepoint, kind) in NET_PROGRAMS {
-                if kind.is_none_or(|kind| emit.contains(&kind)) {
-                    let program: &mut RawTracePoint = program(&mut self.ebpf, name)?;
-                    let link =
-                        program
-                            .attach(tracepoint)
-                            .map_err(|source| ProbeError::Program {
-                                program: name,
-                                source,
-                            })?;
-                    self.net_links.push((name, link));
-                }
+            for (name, tracepoint) in wanted_net_programs(&net.emit.clone()) {
+                let program: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+                let link = program
+                    .attach(tracepoint)
+                    .map_err(|source| ProbeError::Program {
+                        program: name,
+                        source,
+                    })?;
+                self.net_links.push((name, link));
             }
         }
         if !self.settings.cpu {
@@ -495,18 +499,19 @@ impl Probes {
     }
 
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let map_err = |source| map_error(COUNTERS, source);
-        let map = self
-            .ebpf
-            .map(COUNTERS)
-            .ok_or(ProbeError::Missing(COUNTERS))?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
         let mut totals = KernelCounters::default();
         for counter in Counter::ALL {
-            let per_cpu = array.get(&(counter as u32), 0).map_err(map_err)?;
-            totals.set(counter, per_cpu.iter().sum());
+            totals.set(counter, self.per_cpu_total(COUNTERS, counter as u32)?);
         }
         Ok(totals)
+    }
+
+    /// Slot `slot` of the per-CPU counter array `map`, summed over CPUs.
+    fn per_cpu_total(&self, map: &'static str, slot: u32) -> Result<u64, ProbeError> {
+        let map_err = |source| map_error(map, source);
+        let data = self.ebpf.map(map).ok_or(ProbeError::Missing(map))?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(data).map_err(map_err)?;
+        Ok(array.get(&slot, 0).map_err(map_err)?.iter().sum())
     }
 }
 
@@ -547,16 +552,9 @@ impl Probes {
 
     /// The network programs' counters (all zero when none are loaded).
     pub fn net_counters(&self) -> Result<NetCounters, ProbeError> {
-        let map_err = |source| map_error(NET_COUNTERS, source);
-        let map = self
-            .ebpf
-            .map(NET_COUNTERS)
-            .ok_or(ProbeError::Missing(NET_COUNTERS))?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
         let mut totals = NetCounters::default();
         for counter in NetCounter::ALL {
-            let per_cpu = array.get(&(counter as u32), 0).map_err(map_err)?;
-            totals.set(counter, per_cpu.iter().sum());
+            totals.set(counter, self.per_cpu_total(NET_COUNTERS, counter as u32)?);
         }
         Ok(totals)
     }
