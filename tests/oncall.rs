@@ -256,6 +256,87 @@ fn only_root_may_use_the_control_socket() {
 }
 
 #[test]
+fn the_control_api_on_tcp_needs_the_bearer_token() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "7f3a9c0e5b1d4e8f2a6c9b0d3e7f1a5c\n").unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "00000000000000000000000000000000\n").unwrap();
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let (agent, socket) = start_agent(
+        dir.path(),
+        &[
+            "--mode",
+            "on-demand",
+            "--control-listen",
+            &address,
+            "--control-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    let pid = agent.pid();
+
+    // Without a token, and with a wrong one: 401, and nothing happens.
+    let (code, body) = http_get(port, "/v1/status");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    let url = format!("http://{address}");
+    let tcp_ctl = |token: &Path, args: &[&str]| {
+        Command::new(hearth_bin())
+            .args(["ctl", "--url", &url, "--token-file"])
+            .arg(token)
+            .args(args)
+            .output()
+            .expect("run hearth ctl")
+    };
+    let refused = tcp_ctl(&wrong, &["enable", "--for", "1m"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("(401): wrong bearer token"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        perf_event_links(pid),
+        0,
+        "a refused enable attaches nothing"
+    );
+
+    // With the token: the same API as the socket's.
+    let enabled = tcp_ctl(&token, &["enable", "--for", "1m"]);
+    assert!(enabled.status.success(), "{}", stderr(&enabled));
+    assert_eq!(perf_event_links(pid), online_cpus());
+    let answer = tcp_ctl(&token, &["status", "--json"]);
+    let status_tcp: Value = serde_json::from_slice(&answer.stdout).expect("status is JSON");
+    assert_eq!(status_tcp["enabled"], true, "{status_tcp}");
+    assert_eq!(status(&socket)["enabled"], true, "one agent behind both");
+    assert!(tcp_ctl(&token, &["disable"]).status.success());
+    assert_eq!(perf_event_links(pid), 0);
+    terminate(agent, Duration::from_secs(20));
+
+    // No token file, or a short token: the agent says so and does not start.
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc").unwrap();
+    for (extra, expected) in [
+        (vec![], "control.listen needs a bearer token"),
+        (
+            vec!["--control-token-file", short.to_str().unwrap()],
+            "is 3 characters; use at least 16",
+        ),
+    ] {
+        let socket = dir.path().join("refused.sock");
+        let mut args = vec!["run", "--control-listen", &address, "--control-socket"];
+        args.push(socket.to_str().unwrap());
+        args.extend(extra);
+        let output = hearth_tests::run_hearth(&args, Duration::from_secs(20));
+        assert!(!output.status.success());
+        assert!(stderr(&output).contains(expected), "{}", stderr(&output));
+    }
+}
+
+#[test]
 fn history_comes_back_as_pprof_of_the_chosen_process() {
     require_root();
     let dir = tempfile::tempdir().unwrap();

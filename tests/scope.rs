@@ -6,6 +6,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    process::Command,
     time::Duration,
 };
 
@@ -32,6 +33,13 @@ struct Cgroups {
 }
 
 impl Cgroups {
+    fn new() -> Self {
+        Self {
+            mount: cgroup2_mount(),
+            made: Vec::new(),
+        }
+    }
+
     fn make(&mut self, relative: &str) -> PathBuf {
         let path = self.mount.join(relative);
         std::fs::create_dir_all(&path).unwrap();
@@ -68,10 +76,7 @@ impl Drop for Cgroups {
 fn kubelet_cgroups_name_the_container_and_scoping_drops_the_rest_in_the_kernel() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let mut cgroups = Cgroups {
-        mount: cgroup2_mount(),
-        made: Vec::new(),
-    };
+    let mut cgroups = Cgroups::new();
     let n = std::process::id();
     let pod_uid = format!("0f8b8a1e-2c3d-4e5f-8a9b-{n:012x}");
     let container_id = format!("{:064x}", u64::from(n) * 7919);
@@ -89,23 +94,12 @@ fn kubelet_cgroups_name_the_container_and_scoping_drops_the_rest_in_the_kernel()
     cgroups.put(&outside_cgroup, outside.pid());
 
     let receiver = OtlpReceiver::start("grpc", 0, &dir.path().join("requests.jsonl"));
-    let metrics_port = free_port();
-    let agent = spawn_agent(
-        &[
-            "--otlp-endpoint",
-            &receiver.endpoint(),
-            "--export-interval",
-            "1s",
-            "-F",
-            "99",
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics_port}"),
-            "--control-socket",
-            dir.path().join("ctl.sock").to_str().unwrap(),
-        ],
+    let agent = start_exporting_agent(
+        &receiver,
+        &dir.path().join("ctl.sock"),
+        &["-F", "99"],
         &[("HEARTH_SCOPE__CGROUPS", &pod_slice)],
     );
-    wait_ready(metrics_port, Duration::from_secs(20));
     receiver.wait_for(3, Duration::from_secs(20));
     let output = terminate(agent, Duration::from_secs(20));
     assert!(output.status.success(), "agent: {}", stderr(&output));
@@ -168,46 +162,81 @@ fn resources_by_pid(receiver: &OtlpReceiver) -> std::collections::BTreeMap<u64, 
         .collect()
 }
 
+/// One pod as the v1 API writes it, running one container.
+fn pod_json(
+    (namespace, name): (&str, &str),
+    uid: &str,
+    node: &str,
+    (container, id): (&str, &str),
+    labels: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "name": name, "namespace": namespace, "uid": uid,
+            "resourceVersion": "4711", "labels": labels
+        },
+        "spec": {"nodeName": node, "containers": [{"name": container, "image": "shop/api:1.2"}]},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [{
+                "name": container, "containerID": format!("containerd://{id}"),
+                "image": "shop/api:1.2", "imageID": "", "ready": true,
+                "restartCount": 0, "started": true, "state": {"running": {}}
+            }]
+        }
+    })
+}
+
 /// A PodList as `GET /api/v1/pods` returns it (the v1 wire format; written
-/// for this test: no cluster is reachable from the build machine to record
-/// one). Two pods: the fixture's on `node-a`, another on `node-b`.
-fn pod_list(pod_uid: &str, container_id: &str) -> serde_json::Value {
-    let pod = |name: &str, uid: &str, node: &str, container: &str, id: &str| {
-        serde_json::json!({
-            "metadata": {
-                "name": name, "namespace": "shop", "uid": uid,
-                "resourceVersion": "4711", "labels": {"app": "checkout"}
-            },
-            "spec": {"nodeName": node, "containers": [{"name": container, "image": "shop/api:1.2"}]},
-            "status": {
-                "phase": "Running",
-                "containerStatuses": [{
-                    "name": container, "containerID": format!("containerd://{id}"),
-                    "image": "shop/api:1.2", "imageID": "", "ready": true,
-                    "restartCount": 0, "started": true, "state": {"running": {}}
-                }]
-            }
-        })
-    };
+/// for these tests, since no cluster is reachable from the build machine
+/// to record one; `kubernetes-validate` checks it against the v1 schema).
+fn pod_list(items: Vec<serde_json::Value>) -> serde_json::Value {
     serde_json::json!({
         "kind": "PodList",
         "apiVersion": "v1",
         "metadata": {"resourceVersion": "4712"},
-        "items": [
-            pod("checkout-7d9f", pod_uid, "node-a", "api", container_id),
-            pod("other-1", "00000000-0000-4000-8000-000000000001", "node-b", "web", &"ab".repeat(32)),
-        ]
+        "items": items
     })
+}
+
+/// Serves `pods` as the Kubernetes API; returns the server, its URL and
+/// the file its requests are logged to.
+fn serve_pods(dir: &Path, pods: &serde_json::Value) -> (hearth_tests::Running, String, PathBuf) {
+    let file = dir.join("pods.json");
+    std::fs::write(&file, pods.to_string()).unwrap();
+    // The CLI cannot name a list (no metadata.name); its library can check it.
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import json, sys, kubernetes_validate as kv\n\
+             kv.validate(json.load(open(sys.argv[1])), kv.latest_version(), strict=True)",
+        )
+        .arg(&file)
+        .output()
+        .expect("run python3 with kubernetes-validate (`cargo xtask setup` installs it)");
+    assert!(
+        output.status.success(),
+        "the PodList matches the v1 schema: {}",
+        stderr(&output)
+    );
+    let log = dir.join("api.jsonl");
+    let (api, port) = start_receiver(
+        "kube_api.py",
+        &[
+            "--pods",
+            file.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ],
+    );
+    (api, format!("http://127.0.0.1:{port}"), log)
 }
 
 #[test]
 fn pods_are_named_from_the_kubernetes_api_and_profiling_goes_on_without_it() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let mut cgroups = Cgroups {
-        mount: cgroup2_mount(),
-        made: Vec::new(),
-    };
+    let mut cgroups = Cgroups::new();
     let n = std::process::id();
     let pod_uid = format!("7c1e2d3f-4a5b-4c6d-8e9f-{n:012x}");
     let container_id = format!("{:064x}", u64::from(n) * 104_729);
@@ -219,40 +248,37 @@ fn pods_are_named_from_the_kubernetes_api_and_profiling_goes_on_without_it() {
     cgroups.put(&cgroup, fixture.pid());
     let pid = u64::from(fixture.pid());
 
-    let pods = dir.path().join("pods.json");
-    std::fs::write(&pods, pod_list(&pod_uid, &container_id).to_string()).unwrap();
-    let api_log = dir.path().join("api.jsonl");
-    let (_api, api_port) = start_receiver(
-        "kube_api.py",
-        &[
-            "--pods",
-            pods.to_str().unwrap(),
-            "--log",
-            api_log.to_str().unwrap(),
-        ],
-    );
+    let checkout = serde_json::json!({"app": "checkout"});
+    let pods = pod_list(vec![
+        pod_json(
+            ("shop", "checkout-7d9f"),
+            &pod_uid,
+            "node-a",
+            ("api", &container_id),
+            checkout.clone(),
+        ),
+        pod_json(
+            ("shop", "other-1"),
+            "00000000-0000-4000-8000-000000000001",
+            "node-b",
+            ("web", &"ab".repeat(32)),
+            checkout,
+        ),
+    ]);
+    let (_api, api_url, api_log) = serve_pods(dir.path(), &pods);
 
     let run = |api_server: &str, name: &str, during: &dyn Fn(&Path)| {
         let receiver =
             OtlpReceiver::start("grpc", 0, &dir.path().join(format!("otlp-{name}.jsonl")));
-        let metrics_port = free_port();
-        let agent = spawn_agent(
-            &[
-                "--otlp-endpoint",
-                &receiver.endpoint(),
-                "--export-interval",
-                "1s",
-                "--metrics-listen",
-                &format!("127.0.0.1:{metrics_port}"),
-                "--control-socket",
-                dir.path().join(format!("{name}.sock")).to_str().unwrap(),
-            ],
+        let agent = start_exporting_agent(
+            &receiver,
+            &dir.path().join(format!("{name}.sock")),
+            &[],
             &[
                 ("HEARTH_KUBERNETES__API_SERVER", api_server),
                 ("HEARTH_NODE_NAME", "node-a"),
             ],
         );
-        wait_ready(metrics_port, Duration::from_secs(20));
         receiver.wait_for(3, Duration::from_secs(20));
         during(&dir.path().join(format!("{name}.sock")));
         let output = terminate(agent, Duration::from_secs(20));
@@ -282,7 +308,7 @@ fn pods_are_named_from_the_kubernetes_api_and_profiling_goes_on_without_it() {
             stderr(&missing)
         );
     };
-    let (resources, _) = run(&format!("http://127.0.0.1:{api_port}"), "api", &by_name);
+    let (resources, _) = run(&api_url, "api", &by_name);
     let stacks = hearth_tests::read_folded(&capture);
     assert!(
         !stacks.is_empty() && stacks.iter().all(|(frames, _)| frames[0] == "two_leaves"),
@@ -316,4 +342,77 @@ fn pods_are_named_from_the_kubernetes_api_and_profiling_goes_on_without_it() {
     assert_eq!(attributes["k8s.pod.uid"], pod_uid.as_str());
     assert!(attributes.get("k8s.pod.name").is_none(), "{attributes}");
     assert!(log.contains("Kubernetes API unreachable"), "{log}");
+}
+
+#[test]
+fn pods_are_scoped_by_namespace_and_labels_in_the_kernel() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cgroups = Cgroups::new();
+    let n = std::process::id();
+    let fixture = build_two_leaves_c(dir.path());
+    // Three pods on this node: the one in scope, one in the namespace
+    // without the label, one with the label in another namespace.
+    let cases = [
+        ("shop", "checkout-1", "checkout", 1u64),
+        ("shop", "cart-1", "cart", 2),
+        ("staging", "checkout-2", "checkout", 3),
+    ];
+    let mut items = Vec::new();
+    let mut running = Vec::new();
+    for (namespace, name, app, k) in cases {
+        let uid = format!("5d4c3b2a-1f0e-4d9c-8b7a-{:012x}", u64::from(n) * 10 + k);
+        let id = format!("{:064x}", (u64::from(n) * 10 + k) * 7919);
+        let cgroup = cgroups.make(&format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+            uid.replace('-', "_")
+        ));
+        let process = Running::spawn(&fixture, &["40"]);
+        cgroups.put(&cgroup, process.pid());
+        items.push(pod_json(
+            (namespace, name),
+            &uid,
+            "node-a",
+            ("api", &id),
+            serde_json::json!({"app": app, "tier": "web"}),
+        ));
+        running.push((name, process));
+    }
+    let (_api, api_url, _) = serve_pods(dir.path(), &pod_list(items));
+
+    let receiver = OtlpReceiver::start("grpc", 0, &dir.path().join("requests.jsonl"));
+    let agent = start_exporting_agent(
+        &receiver,
+        &dir.path().join("ctl.sock"),
+        &["-F", "99"],
+        &[
+            ("HEARTH_KUBERNETES__API_SERVER", &api_url),
+            ("HEARTH_NODE_NAME", "node-a"),
+            ("HEARTH_SCOPE__NAMESPACES", "shop"),
+            ("HEARTH_SCOPE__POD_SELECTOR", "app in (checkout),tier=web"),
+        ],
+    );
+    // The allow list is filled once the API has answered (rescanned every
+    // few seconds): wait for profiles, then for a few more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while resources_by_pid(&receiver).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no profile arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let seen = receiver.requests().len();
+    receiver.wait_for(seen + 3, Duration::from_secs(20));
+    let output = terminate(agent, Duration::from_secs(20));
+    assert!(output.status.success(), "agent: {}", stderr(&output));
+
+    let pods: std::collections::BTreeSet<String> = resources_by_pid(&receiver)
+        .values()
+        .map(|a| a["k8s.pod.name"].as_str().unwrap_or("-").to_owned())
+        .collect();
+    assert_eq!(
+        pods.into_iter().collect::<Vec<_>>(),
+        ["checkout-1"],
+        "only the pod in namespace shop with app=checkout is sampled"
+    );
+    let in_scope = running[0].1.pid();
+    assert!(resources_by_pid(&receiver).contains_key(&u64::from(in_scope)));
 }

@@ -56,10 +56,12 @@ pub enum Command {
             sudo hearth run --config /etc/hearth/hearth.yaml --print-config"
     )]
     Run(RunArgs),
-    /// Control a running `hearth run` over its socket: status, enable for a
-    /// while, capture a profile now, or fetch recent ones (as root).
+    /// Control a running `hearth run` over its socket (as root) or its TCP
+    /// address (with a bearer token): status, enable for a while, capture a
+    /// profile now, or fetch recent ones.
     #[command(after_help = "Examples:\n  \
             sudo hearth ctl status --json\n  \
+            hearth ctl --url http://10.0.3.7:7443 --token-file token status\n  \
             sudo hearth ctl enable --for 15m\n  \
             sudo hearth ctl capture --duration 30s --pid 1234 --output now.svg\n  \
             sudo hearth ctl history --last 10m --container 3f2a9c --output recent.pb.gz")]
@@ -71,6 +73,20 @@ pub struct CtlArgs {
     /// The agent's control socket.
     #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
     pub socket: PathBuf,
+
+    /// Reach the agent's control API over TCP instead (its control.listen),
+    /// e.g. http://10.0.3.7:7443.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "socket",
+        requires = "token_file"
+    )]
+    pub url: Option<url::Url>,
+
+    /// File holding the bearer token for --url (the agent's control.token_file).
+    #[arg(long, value_name = "FILE", env = "HEARTH_CTL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -183,6 +199,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<String>,
 
+    /// Also serve the control API on this TCP address, e.g. 0.0.0.0:7443;
+    /// every request needs the bearer token of --control-token-file
+    /// [key: control.listen].
+    #[arg(long, value_name = "ADDR")]
+    pub control_listen: Option<String>,
+
+    /// File holding the control API's bearer token [key: control.token_file].
+    #[arg(long, value_name = "FILE")]
+    pub control_token_file: Option<String>,
+
     /// Directory where queued profiles survive restarts [key: spool.dir].
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<String>,
@@ -217,6 +243,12 @@ impl RunArgs {
         });
         flag("mode", &mode, "mode");
         flag("control.socket", &self.control_socket, "control-socket");
+        flag("control.listen", &self.control_listen, "control-listen");
+        flag(
+            "control.token_file",
+            &self.control_token_file,
+            "control-token-file",
+        );
         if !self.events.is_empty() {
             flags.push(ConfigFlag {
                 path: vec!["events".into()],

@@ -170,6 +170,34 @@ pub fn spawn_agent(args: &[&str], env: &[(&str, &str)]) -> Running {
     Running::from_child(child)
 }
 
+/// `hearth run` exporting to `receiver` every second, its metrics endpoint
+/// on a free port and its control socket `socket`, plus `extra` arguments
+/// and `env`; returned once it is ready.
+pub fn start_exporting_agent(
+    receiver: &OtlpReceiver,
+    socket: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Running {
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let endpoint = receiver.endpoint();
+    let mut args = vec![
+        "--otlp-endpoint",
+        &endpoint,
+        "--export-interval",
+        "1s",
+        "--metrics-listen",
+        &metrics,
+        "--control-socket",
+        socket.to_str().expect("a UTF-8 socket path"),
+    ];
+    args.extend(extra);
+    let agent = spawn_agent(&args, env);
+    wait_ready(metrics_port, Duration::from_secs(20));
+    agent
+}
+
 /// GET `path` from `127.0.0.1:port`: the status code and the body.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut stream =

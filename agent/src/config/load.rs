@@ -223,8 +223,19 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     if config.limits.process_idle_windows == 0 {
         return Err(("limits.process_idle_windows", "must be at least 1".into()));
     }
-    if !config.scope.cgroups.is_empty() && config.scope.max_cgroups == 0 {
+    if config.scope.is_scoped() && config.scope.max_cgroups == 0 {
         return Err(("scope.max_cgroups", "must be at least 1".into()));
+    }
+    if let Some(selector) = &config.scope.pod_selector {
+        crate::scope::selector::parse(selector).map_err(|err| ("scope.pod_selector", err))?;
+    }
+    if config.control.listen.is_some() && config.control.token_file.is_none() {
+        return Err((
+            "control.token_file",
+            "control.listen needs a bearer token: give a file holding one \
+             (e.g. a mounted Secret; `openssl rand -hex 32` makes one)"
+                .into(),
+        ));
     }
     if config.events.is_empty() {
         return Err(("events", "name at least one event, e.g. [cpu]".into()));

@@ -24,7 +24,7 @@ pub struct Config {
     pub kernel_stacks: bool,
     /// Profiles built every interval: cpu, tx-bytes, rx-bytes, retransmits,
     /// resets, connect-latency, drops. A list, or names separated by commas.
-    #[serde(deserialize_with = "event_list")]
+    #[serde(deserialize_with = "list")]
     pub events: Vec<Event>,
     pub network: NetworkConfig,
     pub limits: Limits,
@@ -78,45 +78,32 @@ impl Default for Config {
     }
 }
 
-/// `[cpu, tx-bytes]` or `"cpu,tx-bytes"` (as an environment variable gives it).
-fn event_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Event>, D::Error> {
+/// `[a, b]` or `"a,b"` (as an environment variable gives a list): each
+/// item parsed with `FromStr`, blanks skipped, repeats dropped.
+fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr + PartialEq,
+    T::Err: std::fmt::Display,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum List {
-        Names(Vec<String>),
+        Items(Vec<String>),
         Text(String),
     }
-    let names = match List::deserialize(deserializer)? {
-        List::Names(names) => names,
+    let items = match List::deserialize(deserializer)? {
+        List::Items(items) => items,
         List::Text(text) => text.split(',').map(str::to_owned).collect(),
     };
-    let mut events = Vec::new();
-    for name in names {
-        let event: Event = name.parse().map_err(serde::de::Error::custom)?;
-        if !events.contains(&event) {
-            events.push(event);
+    let mut parsed = Vec::new();
+    for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+        let value: T = item.parse().map_err(serde::de::Error::custom)?;
+        if !parsed.contains(&value) {
+            parsed.push(value);
         }
     }
-    Ok(events)
-}
-
-/// `[a, b]` or `"a,b"` (as an environment variable gives it).
-fn path_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<PathBuf>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum List {
-        Paths(Vec<PathBuf>),
-        Text(String),
-    }
-    Ok(match List::deserialize(deserializer)? {
-        List::Paths(paths) => paths,
-        List::Text(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .collect(),
-    })
+    Ok(parsed)
 }
 
 /// Network events (when any is in `events`).
@@ -349,16 +336,41 @@ pub struct ScopeConfig {
     /// Processes elsewhere are never sampled. Walked again every few
     /// seconds, so cgroups made later (new pods) join. A list, or paths
     /// separated by commas (HEARTH_SCOPE__CGROUPS=kubepods.slice).
-    #[serde(deserialize_with = "path_list")]
+    #[serde(deserialize_with = "list")]
     pub cgroups: Vec<PathBuf>,
+    /// Kubernetes namespaces whose pods are profiled (needs the Kubernetes
+    /// API: `kubernetes.api_server`, or running in a cluster). A list, or
+    /// names separated by commas.
+    #[serde(deserialize_with = "list")]
+    pub namespaces: Vec<String>,
+    /// A Kubernetes label selector for the pods to profile, e.g.
+    /// `app=checkout,tier in (web,api),!canary` (needs the Kubernetes API).
+    /// With `namespaces`, a pod must match both. Pods in scope are found by
+    /// their UID in the cgroup hierarchy (kubelet naming) and join the
+    /// kernel's allow list with the subtrees of `cgroups`.
+    pub pod_selector: Option<String>,
     /// Most cgroups the kernel's allow list holds.
     pub max_cgroups: u32,
+}
+
+impl ScopeConfig {
+    /// Whether profiling is limited at all.
+    pub fn is_scoped(&self) -> bool {
+        !self.cgroups.is_empty() || self.selects_pods()
+    }
+
+    /// Whether pods are chosen by namespace or labels.
+    pub fn selects_pods(&self) -> bool {
+        !self.namespaces.is_empty() || self.pod_selector.is_some()
+    }
 }
 
 impl Default for ScopeConfig {
     fn default() -> Self {
         Self {
             cgroups: Vec::new(),
+            namespaces: Vec::new(),
+            pod_selector: None,
             max_cgroups: 16384,
         }
     }
@@ -371,6 +383,15 @@ pub struct ControlConfig {
     /// Unix socket of the control API, created mode 0600 (root only) in a
     /// directory of mode 0700; off when empty.
     pub socket: Option<PathBuf>,
+    /// Also serve the control API over TCP at this address (e.g.
+    /// `0.0.0.0:7443`, for in-cluster use); off when absent. Every request
+    /// must carry `Authorization: Bearer <token>` with the token of
+    /// `token_file`. Plain HTTP: keep it on a trusted network (a pod or node
+    /// network behind a NetworkPolicy), or bind it to 127.0.0.1.
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token for `listen` (e.g. a mounted Kubernetes
+    /// Secret); required with `listen`, at least 16 characters, read at start.
+    pub token_file: Option<PathBuf>,
     /// Longest `enable --for` accepted.
     #[serde(with = "duration")]
     pub max_enable: Duration,
@@ -388,6 +409,8 @@ impl Default for ControlConfig {
     fn default() -> Self {
         Self {
             socket: Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            listen: None,
+            token_file: None,
             max_enable: Duration::from_secs(24 * 3600),
             max_capture: Duration::from_secs(600),
             max_captures: 4,

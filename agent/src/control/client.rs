@@ -1,12 +1,13 @@
-//! `hearth ctl`: talks to a running agent over its control socket.
+//! `hearth ctl`: talks to a running agent over its control socket, or
+//! over TCP with a bearer token.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use http_body_util::{BodyExt, Empty};
 use hyper::{Method, body::Bytes};
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use super::{API_PREFIX, Status};
 use crate::{
@@ -35,8 +36,62 @@ impl Answer {
     }
 }
 
-async fn call(socket: &Path, method: Method, path_and_query: &str) -> anyhow::Result<Answer> {
-    let stream = UnixStream::connect(socket)
+/// Where the agent's control API is.
+enum Target {
+    Socket(PathBuf),
+    Tcp { url: url::Url, token: String },
+}
+
+impl Target {
+    fn of(args: &CtlArgs) -> anyhow::Result<Self> {
+        let Some(url) = &args.url else {
+            return Ok(Self::Socket(args.socket.clone()));
+        };
+        if url.scheme() != "http" {
+            bail!("--url {url}: the control API on TCP speaks plain http://");
+        }
+        let token_file = args
+            .token_file
+            .as_deref()
+            .context("--url needs --token-file (the agent's control.token_file)")?;
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("reading the token file {}", token_file.display()))?
+            .trim()
+            .to_owned();
+        Ok(Self::Tcp {
+            url: url.clone(),
+            token,
+        })
+    }
+}
+
+async fn call(target: &Target, method: Method, path_and_query: &str) -> anyhow::Result<Answer> {
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{API_PREFIX}{path_and_query}"));
+    let answer = match target {
+        Target::Socket(socket) => {
+            let stream = connect_socket(socket).await?;
+            request = request.header(hyper::header::HOST, "hearth");
+            exchange(stream, request.body(Empty::<Bytes>::new())?).await
+        }
+        Target::Tcp { url, token } => {
+            let host = url.host_str().context("--url has no host")?;
+            let port = url.port_or_known_default().unwrap_or(80);
+            let stream = TcpStream::connect((host, port)).await.with_context(|| {
+                format!("no agent answers on {url}: is control.listen set on it, and reachable?")
+            })?;
+            request = request
+                .header(hyper::header::HOST, format!("{host}:{port}"))
+                .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+            exchange(stream, request.body(Empty::<Bytes>::new())?).await
+        }
+    };
+    answer.context("talking to the agent's control API")
+}
+
+async fn connect_socket(socket: &Path) -> anyhow::Result<UnixStream> {
+    UnixStream::connect(socket)
         .await
         .map_err(|err| match err.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -54,26 +109,28 @@ async fn call(socket: &Path, method: Method, path_and_query: &str) -> anyhow::Re
                 "connecting to the control socket {}",
                 socket.display()
             )),
-        })?;
+        })
+}
+
+/// One HTTP/1.1 request and its answer on `stream`.
+async fn exchange<S>(stream: S, request: hyper::Request<Empty<Bytes>>) -> anyhow::Result<Answer>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .context("speaking HTTP on the control socket")?;
+        .context("speaking HTTP")?;
     tokio::spawn(connection);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(format!("{API_PREFIX}{path_and_query}"))
-        .header(hyper::header::HOST, "hearth")
-        .body(Empty::<Bytes>::new())?;
     let response = sender
         .send_request(request)
         .await
-        .context("sending the request to the agent")?;
+        .context("sending the request")?;
     let status = response.status().as_u16();
     let body = response
         .into_body()
         .collect()
         .await
-        .context("reading the agent's answer")?
+        .context("reading the answer")?
         .to_bytes();
     Ok(Answer { status, body })
 }
@@ -141,7 +198,7 @@ fn filter_pairs(filter: CtlFilter) -> [(&'static str, Option<String>); 4] {
 
 /// Asks the agent for a profile file and writes it to `output`.
 async fn fetch_to_file(
-    socket: &Path,
+    socket: &Target,
     method: Method,
     path: &str,
     output: &Path,
@@ -157,7 +214,7 @@ async fn fetch_to_file(
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let socket = args.socket;
+    let socket = Target::of(&args)?;
     match args.command {
         CtlCommand::Status { json } => {
             let body = call(&socket, Method::GET, "/status").await?.ok()?;

@@ -1,7 +1,8 @@
 //! The control API: HTTP/1.1 on a Unix socket only root can open (the
-//! socket is mode 0600 in a directory of mode 0700). Requests go to the
-//! agent's main loop and the answer comes back; a bad request is a 4xx
-//! that says what was wrong and changes nothing.
+//! socket is mode 0600 in a directory of mode 0700), and optionally on a
+//! TCP address where every request needs `Authorization: Bearer <token>`.
+//! Requests go to the agent's main loop and the answer comes back; a bad
+//! request is a 4xx that says what was wrong and changes nothing.
 //!
 //! | method and path | does |
 //! |---|---|
@@ -11,18 +12,22 @@
 //! | `POST /v1/capture?duration=30s[&pid=P][&container=ID][&pod_uid=U][&pod=NS/NAME][&format=svg]` | record now; the profile file is the body |
 //! | `GET /v1/history?last=10m[&pid=P][&container=ID][&pod_uid=U][&pod=NS/NAME]` | the local history's profiles, merged, as gzipped pprof |
 
-use std::{collections::HashMap, os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use std::{
+    collections::HashMap, net::SocketAddr, os::unix::fs::PermissionsExt, path::Path, sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use axum::{
     Json, Router,
-    extract::{Query, State},
+    extract::{Query, Request as HttpRequest, State},
     http::{StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use tokio::{
-    net::UnixListener,
+    net::{TcpListener, UnixListener},
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
@@ -32,17 +37,21 @@ use crate::export::OutputFormat;
 
 type Requests = mpsc::Sender<Request>;
 
-/// Binds the control socket and serves it until the task is aborted.
-pub fn serve(path: &Path, requests: Requests) -> anyhow::Result<JoinHandle<()>> {
-    let listener = bind(path)?;
-    let router = Router::new()
+fn router(requests: Requests) -> Router {
+    Router::new()
         .route(&format!("{API_PREFIX}/status"), get(status))
         .route(&format!("{API_PREFIX}/enable"), post(enable))
         .route(&format!("{API_PREFIX}/disable"), post(disable))
         .route(&format!("{API_PREFIX}/capture"), post(capture))
         .route(&format!("{API_PREFIX}/history"), get(history))
         .fallback(|| async { refusal(Refusal::NotFound(not_found())) })
-        .with_state(requests);
+        .with_state(requests)
+}
+
+/// Binds the control socket and serves it until the task is aborted.
+pub fn serve(path: &Path, requests: Requests) -> anyhow::Result<JoinHandle<()>> {
+    let listener = bind(path)?;
+    let router = router(requests);
     let path = path.to_owned();
     Ok(tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router).await {
@@ -50,6 +59,84 @@ pub fn serve(path: &Path, requests: Requests) -> anyhow::Result<JoinHandle<()>> 
         }
     }))
 }
+
+/// Serves the control API on a TCP address until the task is aborted;
+/// requests without the bearer `token` get 401 and reach nothing.
+pub async fn serve_tcp(
+    address: SocketAddr,
+    token: String,
+    requests: Requests,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (control.listen)"))?;
+    let bound = listener.local_addr()?;
+    let router = router(requests).layer(middleware::from_fn_with_state(
+        Arc::<str>::from(token),
+        bearer_only,
+    ));
+    Ok((
+        bound,
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, router).await {
+                tracing::error!(%err, %bound, "control API on TCP failed");
+            }
+        }),
+    ))
+}
+
+/// Lets a request through only with `Authorization: Bearer <token>`.
+async fn bearer_only(State(token): State<Arc<str>>, request: HttpRequest, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if same_secret(given.trim().as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => {
+            let message = if given.is_some() {
+                "wrong bearer token"
+            } else {
+                "this API needs `Authorization: Bearer <token>` (hearth ctl --token-file FILE)"
+            };
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({ "error": message })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Compares two secrets in time that depends on their length only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the bearer token from `path`: the file's text, trimmed.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the control API token {}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < MIN_TOKEN_LEN {
+        anyhow::bail!(
+            "the control API token in {} is {} characters; use at least {MIN_TOKEN_LEN} \
+             (e.g. `openssl rand -hex 32 > {}`)",
+            path.display(),
+            token.len(),
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Shortest bearer token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 fn not_found() -> String {
     format!(
@@ -269,5 +356,30 @@ fn answer_file(answer: Option<Result<ProfileFile, Refusal>>) -> Response {
         }
         Some(Err(err)) => refusal(err),
         None => gone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcdeg"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcde"));
+    }
+
+    #[test]
+    fn short_or_missing_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc\n").unwrap();
+        let err = read_token(&short).unwrap_err().to_string();
+        assert!(err.contains("3 characters"), "{err}");
+        let good = dir.path().join("good");
+        std::fs::write(&good, "  0123456789abcdef0123\n").unwrap();
+        assert_eq!(read_token(&good).unwrap(), "0123456789abcdef0123");
+        assert!(read_token(&dir.path().join("none")).is_err());
     }
 }

@@ -50,7 +50,7 @@ fn container_id(segment: &str) -> Option<String> {
 }
 
 /// `pod<uid>` (cgroupfs) or `kubepods-<qos>-pod<uid_with_underscores>.slice` (systemd).
-fn pod_uid(segment: &str) -> Option<String> {
+pub fn pod_uid(segment: &str) -> Option<String> {
     let name = segment.strip_suffix(".slice").unwrap_or(segment);
     let (_, uid) = name.rsplit_once("pod")?;
     let uid = uid.replace('_', "-");

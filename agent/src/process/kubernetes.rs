@@ -4,7 +4,7 @@
 //! processes keep their container id and pod UID, and the watch retries.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, RwLock},
 };
 
@@ -20,6 +20,7 @@ use kube::{
 pub struct PodInfo {
     pub name: String,
     pub namespace: String,
+    pub labels: BTreeMap<String, String>,
     /// Container id (64 hex digits, runtime prefix removed) → container name.
     pub containers: HashMap<String, String>,
 }
@@ -39,6 +40,15 @@ impl PodIndex {
         pods.iter()
             .find(|(_, p)| p.namespace == namespace && p.name == name)
             .map(|(uid, _)| uid.clone())
+    }
+
+    /// UIDs of the pods `choose` keeps.
+    pub fn uids_where(&self, choose: impl Fn(&PodInfo) -> bool) -> HashSet<String> {
+        let pods = self.0.read().expect("pod index lock");
+        pods.iter()
+            .filter(|(_, p)| choose(p))
+            .map(|(uid, _)| uid.clone())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -83,6 +93,7 @@ fn pod_info(pod: &Pod) -> PodInfo {
     PodInfo {
         name: pod.metadata.name.clone().unwrap_or_default(),
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
         containers: statuses
             .filter_map(|s| Some((container_id(s.container_id.as_deref()?)?, s.name.clone())))
             .collect(),

@@ -15,7 +15,7 @@ use std::{
 use procfs::process::{MMPermissions, MMapPath, Process};
 use rustc_hash::FxHashMap;
 
-pub use container::{ContainerRef, container_from_cgroup};
+pub use container::{ContainerRef, container_from_cgroup, pod_uid};
 pub use objects::{ObjectId, ObjectInfo, ObjectTable};
 
 /// One process image: a PID reused by a new process, or a process that

@@ -34,7 +34,7 @@ use crate::{
     },
     process::{ProcessLimits, kubernetes},
     retention::{ExportQueue, History, QueueLimits, Spool},
-    scope,
+    scope::{self, selector::PodScope},
     symbolize::Symbolizer,
     telemetry::{self, Telemetry, advance_to},
 };
@@ -109,6 +109,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     preflight::raise_resource_limits();
     let telemetry = Telemetry::new();
+    // The control API's token is checked before anything is loaded.
+    let control_token = match (config.control.listen, &config.control.token_file) {
+        (Some(_), Some(file)) => Some(control::server::read_token(file)?),
+        (Some(_), None) => bail!("control.listen needs control.token_file"),
+        (None, _) => None,
+    };
 
     // The metrics endpoint first: a bad address fails before anything else.
     let metrics_server = match config.metrics.listen {
@@ -176,11 +182,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         user_stacks: config.network.user_stacks,
         call_sites: config.network.call_sites,
     });
-    let scoped = !config.scope.cgroups.is_empty();
+    let scoped = config.scope.is_scoped();
+    let pod_scope = PodScope::from_config(&config.scope)
+        .map_err(|err| anyhow::anyhow!("scope.pod_selector: {err}"))?;
     let cgroup2 = if scoped {
         Some(scope::cgroup2_mount().context(
-            "scope.cgroups needs the cgroup v2 hierarchy, and none is mounted \
-             (/proc/self/mountinfo has no cgroup2)",
+            "scoping (scope.cgroups, scope.namespaces, scope.pod_selector) needs the cgroup v2 \
+             hierarchy, and none is mounted (/proc/self/mountinfo has no cgroup2)",
         )?)
     } else {
         None
@@ -220,6 +228,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let host_name = ResourceNamer::system_host_name();
     let pods = start_pod_watch(&config, &host_name).await?;
+    let pod_scope = match (pod_scope, &pods) {
+        (Some(scope), Some((index, _))) => Some((scope, index.clone())),
+        (Some(_), None) => anyhow::bail!(
+            "scope.namespaces and scope.pod_selector need the Kubernetes API: set \
+             kubernetes.api_server, or run the agent in a cluster"
+        ),
+        (None, _) => None,
+    };
     let namer = ResourceNamer::new(&config.service_name, host_name)
         .with_node_name(config.node_name.clone())
         .with_pods(pods.as_ref().map(|(index, _)| index.clone()));
@@ -246,8 +262,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let control_tcp = match (config.control.listen, control_token) {
+        (Some(address), Some(token)) => {
+            let (bound, server) = control::server::serve_tcp(address, token, control_tx.clone())
+                .await
+                .context("starting the control API on TCP (control.listen)")?;
+            tracing::info!(address = %bound, "control API listening on TCP (bearer token)");
+            Some(server)
+        }
+        _ => None,
+    };
     if let Some(mount) = &cgroup2 {
-        rescan_scope(&mut sampler, mount, &config)?;
+        rescan_scope(&mut sampler, mount, &config, pod_scope.as_ref())?;
     }
     let mut attached = false;
     sync_probes(
@@ -341,7 +367,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = export_tick.tick() => window_start = finish_window!(),
             _ = scope_tick.tick(), if cgroup2.is_some() => {
                 if let Some(mount) = &cgroup2 {
-                    rescan_scope(&mut sampler, mount, &config)?;
+                    rescan_scope(&mut sampler, mount, &config, pod_scope.as_ref())?;
                 }
             }
             _ = refresh_tick.tick() => {
@@ -394,6 +420,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(socket);
         }
     }
+    if let Some(server) = control_tcp {
+        server.abort();
+    }
     drop(control_tx);
     if let Some((_, task)) = pods {
         task.abort();
@@ -425,16 +454,33 @@ async fn start_pod_watch(
 /// How often the scope's cgroup subtrees are walked again.
 const SCOPE_RESCAN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Puts the cgroups of `scope.cgroups` in the kernel's allow list.
+/// Puts the cgroups of `scope.cgroups`, and of the pods `scope.namespaces`
+/// and `scope.pod_selector` choose, in the kernel's allow list.
 fn rescan_scope(
     probes: &mut Probes,
     mount: &std::path::Path,
     config: &Config,
+    pod_scope: Option<&(PodScope, kubernetes::PodIndex)>,
 ) -> anyhow::Result<()> {
+    let pods = match pod_scope {
+        Some((scope, index)) => {
+            if index.is_empty() {
+                tracing::debug!("no pods known yet: pods in scope join once the API answers");
+            }
+            index.uids_where(|pod| scope.admits(pod))
+        }
+        None => Default::default(),
+    };
     let allowed = scope::allowed_cgroups(
         mount,
         &config.scope.cgroups,
+        &pods,
         config.scope.max_cgroups as usize,
+    );
+    tracing::debug!(
+        pods = pods.len(),
+        cgroups = allowed.ids.len(),
+        "cgroups in scope"
     );
     if allowed.truncated {
         tracing::warn!(
