@@ -1,7 +1,9 @@
 //! Hearth's developer tasks. Each one installs what it is missing first, so
 //! the README's commands work on a fresh machine.
 
+mod bench;
 mod netbench;
+mod procs;
 mod setup;
 mod soak;
 
@@ -34,8 +36,34 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Set up and run the benchmarks (as root: they record real samples).
+    /// Measure Hearth's cost against perf and bpftrace on this machine (CPU
+    /// overhead at the same rate, churn, many processes, the userspace
+    /// pipeline) in one run, print the tables and write them to
+    /// docs/benchmarks.md (as root; about 10 minutes).
     Bench {
+        /// Rounds of the CPU overhead comparison (each runs every profiler,
+        /// each paired with an unprofiled run).
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Seconds the CPU workload takes alone.
+        #[arg(long, default_value_t = 5.0)]
+        work_seconds: f64,
+        /// Short-lived processes per churn round.
+        #[arg(long, default_value_t = 3000)]
+        churn: usize,
+        /// Idle processes with distinct binaries.
+        #[arg(long, default_value_t = 500)]
+        processes: usize,
+        /// Seconds the many-processes run is measured.
+        #[arg(long, default_value_t = 60)]
+        many_seconds: u64,
+        /// Where the report is written.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        output: PathBuf,
+    },
+    /// Run the criterion microbenchmarks alone (as root: they record real
+    /// samples), passing on criterion's arguments.
+    Criterion {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
@@ -102,7 +130,27 @@ fn main() -> anyhow::Result<()> {
             // Benchmarks must keep compiling even when not run.
             cargo(&root, &["bench", "-p", "hearth", "--no-run"])
         }
-        Task::Bench { args } => {
+        Task::Bench {
+            rounds,
+            work_seconds,
+            churn,
+            processes,
+            many_seconds,
+            output,
+        } => {
+            setup::run()?;
+            cargo(&root, &["build", "--release", "-p", "hearth"])?;
+            let settings = bench::Settings {
+                rounds,
+                work_seconds,
+                churn,
+                processes,
+                many_seconds,
+                output: root.join(output),
+            };
+            bench::run(&root, &settings)
+        }
+        Task::Criterion { args } => {
             setup::run()?;
             cargo_with(&root, &["bench", "-p", "hearth"], &args)
         }

@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use crate::procs::median;
+
 /// Every network event, as a production agent with all of them on.
 const EVENTS: [&str; 6] = [
     "tx-bytes",
@@ -32,17 +34,6 @@ pub struct NetOverhead {
     pub on_gbps: Vec<f64>,
     /// What the agent reported writing, for the last "on" round.
     pub agent_report: String,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
-    }
 }
 
 impl NetOverhead {

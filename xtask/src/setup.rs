@@ -27,6 +27,8 @@ const APT_PACKAGES: &[&str] = &[
     "binutils",
     "util-linux",
     "linux-perf",
+    // `cargo xtask bench` compares with it.
+    "bpftrace",
     "golang-go",
     "python3",
     "python3-pip",

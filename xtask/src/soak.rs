@@ -3,41 +3,19 @@
 //! CPU (share of one core), resident memory, samples and bytes per window.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-/// Stops a child and everything in its process group when dropped.
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child and its process group.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_group(argv: &[&str]) -> anyhow::Result<Group> {
-    let child = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {argv:?}"))?;
-    Ok(Group(child))
-}
+use crate::procs::{Group, free_port, http_get, metric, spawn_group, usage};
 
 /// CPU-bound programs of several kinds, and a loop of short-lived ones.
-fn busy_machine() -> anyhow::Result<Vec<Group>> {
+pub fn busy_machine() -> anyhow::Result<Vec<Group>> {
     [
         &["sha256sum", "/dev/zero"][..],
         &["sh", "-c", "gzip -1 -c < /dev/urandom > /dev/null"],
@@ -55,49 +33,6 @@ fn busy_machine() -> anyhow::Result<Vec<Group>> {
     .iter()
     .map(|argv| spawn_group(argv))
     .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1);
-    (status == Some("200")).then_some(response)
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
-/// (CPU seconds, resident bytes) of a process, from procfs.
-fn usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let cpu = (fields[11].parse::<f64>().ok()? + fields[12].parse::<f64>().ok()?) / ticks;
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    // SAFETY: as above.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    let resident = statm.split_whitespace().nth(1)?.parse::<u64>().ok()? * page;
-    Some((cpu, resident))
 }
 
 pub struct SoakResult {
