@@ -2,7 +2,7 @@
 //! push (a gzipped pprof per resource), and what goes on the wire.
 //! Samples are recorded for real at start (needs root).
 //!
-//!     sudo cargo bench -p hearth --bench export      (or cargo xtask bench)
+//!     sudo cargo bench -p hearth --bench export      (or cargo xtask criterion)
 
 mod support;
 

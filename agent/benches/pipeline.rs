@@ -3,7 +3,7 @@
 //! recorded for real from the kernel at start (needs root), while this
 //! process runs threads with stacks of many depths, then replayed.
 //!
-//!     sudo cargo bench -p hearth --bench pipeline      (or cargo xtask bench)
+//!     sudo cargo bench -p hearth --bench pipeline      (or cargo xtask criterion)
 
 mod support;
 

@@ -43,7 +43,7 @@ enum Task {
     Bench {
         /// Rounds of the CPU overhead comparison (each runs every profiler,
         /// each paired with an unprofiled run).
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 8)]
         rounds: usize,
         /// Seconds the CPU workload takes alone.
         #[arg(long, default_value_t = 5.0)]
@@ -81,7 +81,7 @@ enum Task {
     /// alternating in one run, and report the slowdown (as root).
     NetOverhead {
         /// Rounds of off/on (the order alternates each round).
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 8)]
         rounds: usize,
         /// Transfers per condition in each round.
         #[arg(long, default_value_t = 3)]

@@ -34,14 +34,25 @@ impl Drop for Group {
     }
 }
 
-/// Starts `argv` in its own process group, output discarded.
+/// Starts `argv` in its own process group, output discarded. It is killed
+/// if the harness dies without dropping it (killed by a timeout, say), so
+/// no busy program outlives the run and skews the next one.
 pub fn spawn_group(argv: &[&str]) -> anyhow::Result<Group> {
-    let child = Command::new(argv[0])
+    let mut command = Command::new(argv[0]);
+    command
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command
         .spawn()
         .with_context(|| format!("starting {argv:?}"))?;
     Ok(Group(child))
@@ -103,6 +114,51 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
         .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
     Some(nanos as f64 / 1e9)
+}
+
+/// Run time (ns) and run count of the BPF programs a process holds open,
+/// from their fdinfo; counted only while `kernel.bpf_stats_enabled` is 1.
+pub fn bpf_run_time(pid: u32) -> (u64, u64) {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0, 0);
+    };
+    let field = |text: &str, key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter(|info| info.contains("prog_type:"))
+        .fold((0, 0), |(ns, runs), info| {
+            (
+                ns + field(&info, "run_time_ns:"),
+                runs + field(&info, "run_cnt:"),
+            )
+        })
+}
+
+/// Turns the kernel's BPF run-time statistics on while alive, restoring
+/// the previous setting when dropped.
+pub struct BpfStats(Option<String>);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    pub fn enable() -> Self {
+        let before = std::fs::read_to_string(Self::PATH).ok();
+        let _ = std::fs::write(Self::PATH, "1");
+        Self(before)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(before) = &self.0 {
+            let _ = std::fs::write(Self::PATH, before.trim());
+        }
+    }
 }
 
 /// The most memory a process has had resident (`VmHWM`), in bytes.

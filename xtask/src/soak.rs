@@ -18,7 +18,7 @@ use crate::procs::{Group, free_port, http_get, metric, spawn_group, usage};
 pub fn busy_machine() -> anyhow::Result<Vec<Group>> {
     [
         &["sha256sum", "/dev/zero"][..],
-        &["sh", "-c", "gzip -1 -c < /dev/urandom > /dev/null"],
+        &["sh", "-c", "exec gzip -1 -c < /dev/urandom > /dev/null"],
         &[
             "python3",
             "-c",

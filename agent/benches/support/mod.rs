@@ -50,7 +50,7 @@ impl Drop for BusyPrograms {
 pub fn busy_programs() -> BusyPrograms {
     let programs: [&[&str]; 4] = [
         &["sha256sum", "/dev/zero"],
-        &["sh", "-c", "gzip -1 -c < /dev/urandom > /dev/null"],
+        &["sh", "-c", "exec gzip -1 -c < /dev/urandom > /dev/null"],
         &[
             "python3",
             "-c",
@@ -65,13 +65,22 @@ pub fn busy_programs() -> BusyPrograms {
     let programs = programs
         .iter()
         .map(|argv| {
-            Command::new(argv[0])
+            let mut command = Command::new(argv[0]);
+            command
                 .args(&argv[1..])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .expect("start a busy program")
+                .process_group(0);
+            // Killed with the benchmark even if it is killed before its
+            // drop runs, so no busy program outlives it.
+            // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            command.spawn().expect("start a busy program")
         })
         .collect();
     BusyPrograms(programs)

@@ -295,12 +295,11 @@ pub struct Probes {
     net_links: Vec<(&'static str, RawTracePointLinkId)>,
 }
 
-/// The network programs wake the agent once 1/WAKEUP_FRACTION of their
-/// ring is full; the agent drains it on a timer as well
-/// ([`NET_DRAIN_INTERVAL`]).
+/// The programs wake the agent once 1/WAKEUP_FRACTION of their ring is
+/// full; the agent drains the rings on a timer as well ([`DRAIN_INTERVAL`]).
 const WAKEUP_FRACTION: u32 = 8;
-/// How often the agent drains the network ring without being woken.
-pub const NET_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often the agent drains the rings without being woken.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The smallest ring the kernel takes, for a ring nothing writes to.
 const UNUSED_RING_BYTES: u32 = 4096;
@@ -321,6 +320,7 @@ impl Probes {
             } else {
                 0
             },
+            wakeup_bytes: (settings.ring_buffer_bytes / WAKEUP_FRACTION).max(1),
         };
         let net_config = match &settings.network {
             Some(net) => NetConfig {

@@ -26,7 +26,7 @@ use crate::{
     pipeline::{Pipeline, drain_network},
     preflight,
     probes::{
-        KernelCounters, NET_DRAIN_INTERVAL, NetCounters, NetSettings, ProbeSettings, Probes,
+        DRAIN_INTERVAL, KernelCounters, NetCounters, NetSettings, ProbeSettings, Probes,
         check_frequency, online_cpu_count,
     },
     profile::{Profile, ProfileMeta},
@@ -160,7 +160,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut status = tokio::time::interval(STATUS_INTERVAL);
-        let mut net_drain = tokio::time::interval(NET_DRAIN_INTERVAL);
+        let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
         loop {
             tokio::select! {
                 ready = ring.wait() => {
@@ -171,7 +171,10 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
                     ready.context("waiting on the network event ring buffer")?;
                     net_ring.drain(|record| pipeline.ingest_net(record));
                 }
-                _ = net_drain.tick() => drain_network(&mut net_ring, &mut pipeline, &mut sampler)?,
+                _ = drain_tick.tick() => {
+                    ring.drain(|record| pipeline.ingest(record));
+                    drain_network(&mut net_ring, &mut pipeline, &mut sampler)?;
+                }
                 () = &mut deadline => break StopReason::DurationElapsed,
                 exit = &mut command_exit => {
                     break StopReason::CommandExited(exit.context("waiting for the command")?);

@@ -30,7 +30,7 @@ use crate::{
     pipeline::{Pipeline, WindowLimits, drain_network},
     preflight,
     probes::{
-        NET_DRAIN_INTERVAL, NetSettings, ProbeSettings, Probes, check_frequency, online_cpu_count,
+        DRAIN_INTERVAL, NetSettings, ProbeSettings, Probes, check_frequency, online_cpu_count,
     },
     process::{ProcessLimits, kubernetes},
     retention::{ExportQueue, History, QueueLimits, Spool},
@@ -300,7 +300,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     export_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh_tick = tokio::time::interval(telemetry::REFRESH_INTERVAL);
-    let mut net_drain = tokio::time::interval(NET_DRAIN_INTERVAL);
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut oncall_tick = tokio::time::interval(ONCALL_TICK);
     let mut scope_tick = tokio::time::interval(SCOPE_RESCAN);
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -363,8 +363,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 ready.context("waiting on the network event ring buffer")?;
                 net_ring.drain(|record| pipeline.ingest_net(record));
             }
-            _ = net_drain.tick() => drain_network(&mut net_ring, &mut pipeline, &mut sampler)?,
-            _ = export_tick.tick() => window_start = finish_window!(),
+            _ = drain_tick.tick() => {
+                drain_cpu!();
+                drain_network(&mut net_ring, &mut pipeline, &mut sampler)?;
+            }
+            _ = export_tick.tick() => {
+                drain_cpu!();
+                window_start = finish_window!();
+            }
             _ = scope_tick.tick(), if cgroup2.is_some() => {
                 if let Some(mount) = &cgroup2 {
                     rescan_scope(&mut sampler, mount, &config, pod_scope.as_ref())?;

@@ -87,8 +87,11 @@ pub struct SamplerConfig {
     pub _pad: u8,
     /// Never sampled: the agent's own process (its cost is in its metrics).
     pub ignored_tgid: u32,
+    /// Wake the agent only once this many bytes wait in the ring (it also
+    /// drains on a timer); 0: the ring's default, a wakeup per sample.
+    pub wakeup_bytes: u32,
 }
-const _: () = assert!(core::mem::size_of::<SamplerConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<SamplerConfig>() == 36);
 
 /// Slots of the per-CPU `COUNTERS` array.
 #[repr(u32)]

@@ -50,6 +50,10 @@ pub struct Condition {
     pub walls: Vec<f64>,
     /// The tool's CPU time while the workload ran, % of one core, per round.
     pub tool_cpu: Vec<f64>,
+    /// Time its BPF programs ran in the kernel, % of one core, per round.
+    pub bpf_cpu: Vec<f64>,
+    /// Nanoseconds per BPF program run, per round.
+    pub bpf_ns_per_run: Vec<f64>,
     pub peak_rss: u64,
     pub lost: f64,
 }
@@ -126,10 +130,14 @@ pub fn run(root: &Path, settings: &Settings) -> anyhow::Result<()> {
             baselines: Vec::new(),
             walls: Vec::new(),
             tool_cpu: Vec::new(),
+            bpf_cpu: Vec::new(),
+            bpf_ns_per_run: Vec::new(),
             peak_rss: 0,
             lost: 0.0,
         })
         .collect();
+    // The BPF programs' own run time, for Hearth and bpftrace alike.
+    let _bpf_stats = crate::procs::BpfStats::enable();
     for round in 0..settings.rounds {
         let n = conditions.len();
         for k in 0..n {
@@ -144,11 +152,20 @@ pub fn run(root: &Path, settings: &Settings) -> anyhow::Result<()> {
             condition.baselines.push(cpu_work.run()?);
             let watcher = tools::start(condition.tool, &context)?;
             let cpu_before = watcher.cpu_seconds();
+            let bpf_before = watcher.bpf_run_time();
             let wall = cpu_work.run()?;
             let cpu = watcher.cpu_seconds() - cpu_before;
+            let bpf_after = watcher.bpf_run_time();
             let stopped = watcher.stop()?;
+            let (bpf_ns, bpf_runs) = (bpf_after.0 - bpf_before.0, bpf_after.1 - bpf_before.1);
             condition.walls.push(wall);
             condition.tool_cpu.push(100.0 * cpu / wall);
+            condition.bpf_cpu.push(100.0 * bpf_ns as f64 / 1e9 / wall);
+            if bpf_runs > 0 {
+                condition
+                    .bpf_ns_per_run
+                    .push(bpf_ns as f64 / bpf_runs as f64);
+            }
             condition.peak_rss = condition.peak_rss.max(stopped.peak_rss);
             condition.lost += stopped.lost;
             tools::clean(&work);

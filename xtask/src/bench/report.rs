@@ -156,8 +156,13 @@ pub fn markdown(results: &Results, settings: &Settings) -> String {
          unprofiled run of the workload, and the order rotates from round to round, so \
          drift falls on all alike. Slowdown is each profiled run's wall time against the \
          unprofiled run just before it; the table gives the median and the range over \
-         the rounds. Profiler CPU is its own user+system time while the \
-         workload ran, as a share of one core; peak RSS is its `VmHWM`.",
+         the rounds. Profiler CPU is the user+system time of its own threads while the \
+         workload ran (from `schedstat`), as a share of one core; work done in the \
+         kernel on the sampled CPU is not in it. For Hearth and bpftrace that work is \
+         their BPF programs, whose run time the kernel counts while \
+         `kernel.bpf_stats_enabled` is on (the harness turns it on for the run); perf's \
+         in-kernel stack copying has no such counter and shows only in the slowdown. \
+         Peak RSS is the profiler's `VmHWM`.",
         threads = results.threads,
         rounds = results.rounds_of_work,
         n = settings.rounds,
@@ -195,9 +200,9 @@ pub fn markdown(results: &Results, settings: &Settings) -> String {
     let _ = writeln!(w, "\n## CPU overhead at the same rate\n");
     let _ = writeln!(
         w,
-        "| condition | workload wall time (median) | slowdown (median) | slowdown range | profiler CPU (% of one core) | profiler peak RSS | samples lost |"
+        "| condition | workload wall time (median) | slowdown (median) | slowdown range | profiler CPU, user space (% of one core) | BPF programs in the kernel (% of one core) | ns per BPF run | profiler peak RSS | samples lost |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
     let alone: Vec<f64> = results
         .conditions
         .iter()
@@ -205,7 +210,7 @@ pub fn markdown(results: &Results, settings: &Settings) -> String {
         .collect();
     let _ = writeln!(
         w,
-        "| alone ({} runs) | {:.3} s | - | - | - | - | - |",
+        "| alone ({} runs) | {:.3} s | - | - | - | - | - | - | - |",
         alone.len(),
         median(&alone)
     );
@@ -216,10 +221,20 @@ pub fn markdown(results: &Results, settings: &Settings) -> String {
         let hearth = matches!(condition.tool, Tool::HearthRun(_) | Tool::HearthRecord(_));
         let _ = writeln!(
             w,
-            "| {} | {wall:.3} s | {:+.2}% | {lo:+.2}% … {hi:+.2}% | {:.2}% | {:.1} MiB | {} |",
+            "| {} | {wall:.3} s | {:+.2}% | {lo:+.2}% … {hi:+.2}% | {:.2}% | {} | {} | {:.1} MiB | {} |",
             condition.tool.name(),
             median(&slow),
             median(&condition.tool_cpu),
+            if condition.bpf_ns_per_run.is_empty() {
+                "- (not BPF)".to_owned()
+            } else {
+                format!("{:.3}%", median(&condition.bpf_cpu))
+            },
+            if condition.bpf_ns_per_run.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", median(&condition.bpf_ns_per_run))
+            },
             mib(condition.peak_rss),
             if hearth {
                 format!("{:.0}", condition.lost)
@@ -344,6 +359,8 @@ short/name              time:   [10.0 ns 11.0 ns 12.0 ns]
             baselines: vec![4.0, 5.0],
             walls: vec![4.04, 5.0],
             tool_cpu: vec![],
+            bpf_cpu: vec![],
+            bpf_ns_per_run: vec![],
             peak_rss: 0,
             lost: 0.0,
         };

@@ -11,7 +11,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::procs::{Group, cpu_seconds, free_port, http_get, metric, peak_rss, usage};
+use crate::procs::{
+    Group, bpf_run_time, cpu_seconds, free_port, http_get, metric, peak_rss, usage,
+};
 
 /// What watches the machine while the workload runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,6 +172,13 @@ impl Watcher {
             .as_ref()
             .and_then(|g| cpu_seconds(g.pid()))
             .unwrap_or(0.0)
+    }
+
+    /// Run time (ns) and runs of the tool's BPF programs so far.
+    pub fn bpf_run_time(&self) -> (u64, u64) {
+        self.group
+            .as_ref()
+            .map_or((0, 0), |g| bpf_run_time(g.pid()))
     }
 
     /// Resident bytes now.

@@ -47,10 +47,13 @@ impl CpuWork {
             threads,
             rounds: 20_000,
         };
-        // Scale the work from a short run (after a warm-up one).
+        // Scale the work from a short run (after a warm-up one), then once
+        // more from a run of about the wanted length.
         this.run()?;
-        let took = this.run()?;
-        this.rounds = ((this.rounds as f64) * seconds / took).max(1.0) as u64;
+        for _ in 0..2 {
+            let took = this.run()?;
+            this.rounds = ((this.rounds as f64) * seconds / took).max(1.0) as u64;
+        }
         Ok(this)
     }
 
