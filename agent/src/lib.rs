@@ -26,6 +26,7 @@ pub mod scope;
 pub mod symbolize;
 pub mod telemetry;
 pub mod units;
+pub mod unwind;
 
 /// pprof's `profile.proto` messages, generated at build time from `proto/`.
 #[allow(clippy::all, missing_docs)]

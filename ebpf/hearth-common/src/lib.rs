@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod net;
+pub mod unwind;
 
 /// Deepest kernel or user stack a CPU sample carries (the kernel's
 /// `PERF_MAX_STACK_DEPTH` is 127).
@@ -129,5 +130,6 @@ mod user {
     unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::SamplerConfig {}
     unsafe impl aya::Pod for super::net::NetConfig {}
+    unsafe impl aya::Pod for super::unwind::UnwindRow {}
     unsafe impl aya::Pod for super::net::SocketOwner {}
 }
