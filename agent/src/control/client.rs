@@ -54,13 +54,9 @@ impl Target {
             .token_file
             .as_deref()
             .context("--url needs --token-file (the agent's control.token_file)")?;
-        let token = std::fs::read_to_string(token_file)
-            .with_context(|| format!("reading the token file {}", token_file.display()))?
-            .trim()
-            .to_owned();
         Ok(Self::Tcp {
             url: url.clone(),
-            token,
+            token: super::read_token(token_file)?,
         })
     }
 }

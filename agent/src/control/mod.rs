@@ -5,7 +5,9 @@
 pub mod client;
 pub mod server;
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
+
+use anyhow::Context as _;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -181,6 +183,27 @@ pub enum Request {
     },
 }
 
+/// Reads the bearer token from `path`: the file's text, trimmed.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the control API token {}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < MIN_TOKEN_LEN {
+        anyhow::bail!(
+            "the control API token in {} is {} characters; use at least {MIN_TOKEN_LEN} \
+             (e.g. `openssl rand -hex 32 > {}`)",
+            path.display(),
+            token.len(),
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Shortest bearer token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +258,18 @@ mod tests {
             }
             .labels_match(&labels)
         );
+    }
+
+    #[test]
+    fn short_or_missing_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc\n").unwrap();
+        let err = read_token(&short).unwrap_err().to_string();
+        assert!(err.contains("3 characters"), "{err}");
+        let good = dir.path().join("good");
+        std::fs::write(&good, "  0123456789abcdef0123\n").unwrap();
+        assert_eq!(read_token(&good).unwrap(), "0123456789abcdef0123");
+        assert!(read_token(&dir.path().join("none")).is_err());
     }
 }

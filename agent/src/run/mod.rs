@@ -111,7 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let telemetry = Telemetry::new();
     // The control API's token is checked before anything is loaded.
     let control_token = match (config.control.listen, &config.control.token_file) {
-        (Some(_), Some(file)) => Some(control::server::read_token(file)?),
+        (Some(_), Some(file)) => Some(control::read_token(file)?),
         (Some(_), None) => bail!("control.listen needs control.token_file"),
         (None, _) => None,
     };

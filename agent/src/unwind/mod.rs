@@ -113,29 +113,23 @@ pub fn compile(
                     &section,
                 )
             };
-            push(&mut rows, compiled.at(row.start_address())?, max_rows)?;
+            push(&mut rows, at(compiled, row.start_address())?, max_rows)?;
         }
         // Past the function's end there is no information until another
         // function's rows begin.
         push(
             &mut rows,
-            UnwindRow::new(0, UnwindKind::None, 0, 0).at(fde.end_address())?,
+            at(UnwindRow::new(0, UnwindKind::None, 0, 0), fde.end_address())?,
             max_rows,
         )?;
     }
     Ok(UnwindTable { rows: merge(rows) })
 }
 
-trait At: Sized {
-    /// The row placed at `pc`.
-    fn at(self, pc: u64) -> Result<Self, UnwindError>;
-}
-
-impl At for UnwindRow {
-    fn at(mut self, pc: u64) -> Result<Self, UnwindError> {
-        self.pc = u32::try_from(pc).map_err(|_| UnwindError::AddressTooHigh(pc))?;
-        Ok(self)
-    }
+/// `row` placed at `pc`.
+fn at(mut row: UnwindRow, pc: u64) -> Result<UnwindRow, UnwindError> {
+    row.pc = u32::try_from(pc).map_err(|_| UnwindError::AddressTooHigh(pc))?;
+    Ok(row)
 }
 
 fn push(rows: &mut Vec<UnwindRow>, row: UnwindRow, max_rows: usize) -> Result<(), UnwindError> {

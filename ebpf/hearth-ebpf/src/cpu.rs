@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
@@ -15,7 +15,10 @@ use aya_ebpf::{
 };
 use hearth_common::{Counter, CpuSample, MAX_STACK_DEPTH, SamplerConfig, TaskOffsets, record_size};
 
-use crate::task::{process_identity, read_field};
+use crate::{
+    ring::wakeup_flags,
+    task::{process_identity, read_field},
+};
 
 const NO_OFFSETS: TaskOffsets = TaskOffsets {
     pid: 0,
@@ -160,16 +163,8 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
         header.kernel_frames = kernel as u32;
         header.user_frames = user as u32;
         let record = core::slice::from_raw_parts(sample as *const u8, record_size(kernel + user));
-        // A wakeup per sample costs the agent more than the sample: wake it
-        // once a batch has gathered, and let its timer drain the rest.
-        let flags = if config.wakeup_bytes == 0 {
-            0
-        } else if CPU_SAMPLES.query(BPF_RB_AVAIL_DATA as u64) >= u64::from(config.wakeup_bytes) {
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        };
-        if CPU_SAMPLES.output::<[u8]>(record, flags as u64).is_err() {
+        let flags = wakeup_flags(&CPU_SAMPLES, config.wakeup_bytes);
+        if CPU_SAMPLES.output::<[u8]>(record, flags).is_err() {
             count(Counter::RingFull);
             return;
         }

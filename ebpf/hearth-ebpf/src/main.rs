@@ -7,6 +7,7 @@
 
 mod cpu;
 mod net;
+mod ring;
 mod task;
 
 #[cfg(not(test))]

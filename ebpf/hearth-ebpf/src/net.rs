@@ -7,7 +7,7 @@
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack,
@@ -29,6 +29,7 @@ use hearth_common::{
 
 use crate::{
     cpu::{SAMPLER_CONFIG, cgroup_allowed, is_traced},
+    ring::wakeup_flags,
     task::{process_identity, read_field},
 };
 
@@ -181,18 +182,13 @@ fn submit(event: &NetEvent, frames: usize, batch: bool) -> bool {
             NET_INFO_BYTES + record_size(frames),
         )
     };
-    // Wake the agent only once a batch has gathered: a wakeup per event
-    // would cost more than the event. The agent also drains on a timer.
-    let flags = if !batch {
-        0 // the ring wakes the agent unless it is already reading
-    } else if NET_EVENTS.query(BPF_RB_AVAIL_DATA as u64)
-        >= u64::from(NET_CONFIG.load().wakeup_bytes)
-    {
-        BPF_RB_FORCE_WAKEUP
+    // Sends and receives may wait for a batch; the rest wake the agent.
+    let flags = if batch {
+        wakeup_flags(&NET_EVENTS, NET_CONFIG.load().wakeup_bytes)
     } else {
-        BPF_RB_NO_WAKEUP
+        0
     };
-    if NET_EVENTS.output::<[u8]>(record, flags as u64).is_err() {
+    if NET_EVENTS.output::<[u8]>(record, flags).is_err() {
         count(NetCounter::RingFull);
         false
     } else {
