@@ -194,6 +194,12 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub mode: Option<crate::config::Mode>,
 
+    /// How user stacks are walked: fp (frame pointers), dwarf (unwind
+    /// tables from .eh_frame for every process) or auto (tables once loaded
+    /// for a process) [key: unwind.mode, default auto].
+    #[arg(long, value_enum)]
+    pub unwind: Option<crate::config::UnwindMethod>,
+
     /// Unix socket of the control API used by `hearth ctl`
     /// [key: control.socket, default /run/hearth/control.sock].
     #[arg(long, value_name = "PATH")]
@@ -242,6 +248,8 @@ impl RunArgs {
             crate::config::Mode::OnDemand => "on-demand".to_owned(),
         });
         flag("mode", &mode, "mode");
+        let unwind = self.unwind.map(|u| u.name().to_owned());
+        flag("unwind.mode", &unwind, "unwind");
         flag("control.socket", &self.control_socket, "control-socket");
         flag("control.listen", &self.control_listen, "control-listen");
         flag(
@@ -331,6 +339,12 @@ pub struct RecordArgs {
     /// Most executable files held open for symbolization.
     #[arg(long, default_value_t = 2048, value_name = "N")]
     pub max_open_objects: usize,
+
+    /// How user stacks are walked: fp (frame pointers), dwarf (unwind
+    /// tables from .eh_frame for every process) or auto (tables once loaded
+    /// for a process).
+    #[arg(long, value_enum, default_value_t = crate::config::UnwindMethod::Auto)]
+    pub unwind: crate::config::UnwindMethod,
 
     /// Run this command and profile it and its descendants.
     #[arg(last = true, value_name = "COMMAND")]

@@ -106,6 +106,9 @@ fn print_report(report: &RecordReport) {
         filter_full = k.filter_full,
         "kernel counters"
     );
+    if let Some(unwind) = &report.unwind {
+        eprintln!("hearth: {}", unwind_summary(k, unwind));
+    }
     let n = &report.net;
     if n.ring_full > 0 {
         eprintln!(
@@ -134,4 +137,37 @@ fn print_report(report: &RecordReport) {
             k.filter_full
         );
     }
+}
+
+/// One line on the table unwinder: what it walked, where walks stopped
+/// early and why, and what it loaded.
+fn unwind_summary(k: &hearth::probes::KernelCounters, u: &hearth::unwind::UnwindStats) -> String {
+    let stopped = [
+        (k.unwind_no_table, "no table"),
+        (k.unwind_bad_cfa, "bad CFA"),
+        (k.unwind_read_errors, "read failure"),
+        (k.unwind_depth_limit, "depth limit"),
+        (k.unwind_unsupported, "unsupported rule"),
+        (k.unwind_tail_call_errors, "tail call failed"),
+    ];
+    let reasons: Vec<String> = stopped
+        .iter()
+        .map(|(count, why)| format!("{why} {count}"))
+        .collect();
+    let mut line = format!(
+        "unwind tables: {} user stacks walked; stopped early: {}; {} objects ({} rows) \
+         for {} processes",
+        k.unwind_samples,
+        reasons.join(", "),
+        u.objects,
+        u.rows,
+        u.processes,
+    );
+    if u.compile_errors > 0 {
+        line += &format!(", {} objects without a usable .eh_frame", u.compile_errors);
+    }
+    if u.tables_full > 0 {
+        line += &format!(", {} tables left out (row array full)", u.tables_full);
+    }
+    line
 }

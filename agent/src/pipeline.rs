@@ -9,10 +9,13 @@ use crate::{
     event::Event,
     network::{NetAggregator, NetStats},
     probes::{NetRecord, ProbeError, Probes, RawSample, SampleRing},
-    process::{ProcessLimits, ProcessTable},
+    process::{ProcessKey, ProcessLimits, ProcessTable},
     profile::{Profile, ProfileMeta, build_profile},
     symbolize::{Symbolizer, SymbolizerStats},
+    unwind::UnwindRegistry,
 };
+use hearth_common::SAMPLE_NEEDS_TABLES;
+use rustc_hash::FxHashSet;
 
 /// Bounds applied at every window boundary.
 #[derive(Clone, Copy, Debug)]
@@ -35,8 +38,31 @@ pub fn drain_network(
     }
 }
 
+/// Reads what waits in the CPU ring (each record also handed to `tee`),
+/// then loads the unwind tables its samples asked for.
+pub fn drain_cpu(
+    ring: &mut SampleRing,
+    pipeline: &mut Pipeline,
+    unwinder: Option<&mut UnwindRegistry>,
+    mut tee: impl FnMut(&[u8]),
+) {
+    ring.drain(|record| {
+        pipeline.ingest(record);
+        tee(record);
+    });
+    let requests = std::mem::take(&mut pipeline.unwind_requests);
+    if let Some(unwinder) = unwinder {
+        unwinder.serve(requests);
+    }
+}
+
+/// Most distinct processes asking for unwind tables between two drains.
+const MAX_UNWIND_REQUESTS: usize = 1024;
+
 pub struct Pipeline {
     processes: ProcessTable,
+    /// Processes whose samples asked for unwind tables since the last drain.
+    unwind_requests: FxHashSet<ProcessKey>,
     stacks: StackTable,
     network: Option<NetAggregator>,
     symbolizer: Symbolizer,
@@ -54,6 +80,7 @@ impl Pipeline {
             stacks: StackTable::new(),
             network: None,
             symbolizer,
+            unwind_requests: FxHashSet::default(),
             malformed: 0,
             earlier_samples: 0,
             earlier_network_events: 0,
@@ -107,7 +134,19 @@ impl Pipeline {
     /// Takes one CPU ring-buffer record.
     pub fn ingest(&mut self, record: &[u8]) {
         match RawSample::decode(record) {
-            Ok(sample) => self.stacks.add(&sample, &mut self.processes),
+            Ok(sample) => {
+                let header = &sample.header;
+                if header.flags & SAMPLE_NEEDS_TABLES != 0
+                    && self.unwind_requests.len() < MAX_UNWIND_REQUESTS
+                {
+                    self.unwind_requests.insert(ProcessKey {
+                        tgid: header.tgid,
+                        exec_id: header.exec_id,
+                        start_ns: header.process_start_ns,
+                    });
+                }
+                self.stacks.add(&sample, &mut self.processes);
+            }
             Err(err) => {
                 self.malformed += 1;
                 tracing::debug!(%err, "malformed ring record");

@@ -27,6 +27,7 @@ use crate::{
     network::NetStats,
     probes::{KernelCounters, NetCounters},
     retention::Dropped,
+    unwind::UnwindStats,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,6 +74,13 @@ pub struct Telemetry {
     pub history_bytes: Gauge,
     pub cpu_seconds: Counter<f64, AtomicU64>,
     pub resident_memory: Gauge,
+    pub unwind_walks: Counter,
+    pub unwind_stopped: Family<ReasonLabel, Counter>,
+    pub unwind_processes: Gauge,
+    pub unwind_objects: Gauge,
+    pub unwind_rows: Gauge,
+    pub unwind_row_capacity: Gauge,
+    pub unwind_not_loaded: Family<ReasonLabel, Counter>,
 }
 
 /// Moves a counter up to an absolute total read from elsewhere.
@@ -101,6 +109,45 @@ impl Telemetry {
             "hearth_stack_walk_errors",
             "Samples kept without one of their stacks, by which walk failed",
             t.stack_errors.clone(),
+        );
+        r.register(
+            "hearth_unwind_stack_walks",
+            "User stacks walked with unwind tables in the kernel",
+            t.unwind_walks.clone(),
+        );
+        r.register(
+            "hearth_unwind_stopped_early",
+            "Table walks that stopped before the outermost frame, by why (no_table: no \
+             table and no usable frame pointer; bad_cfa; read_error; depth_limit; \
+             unsupported: a rule the unwinder does not follow; tail_call)",
+            t.unwind_stopped.clone(),
+        );
+        r.register(
+            "hearth_unwind_processes",
+            "Processes with unwind tables in the kernel",
+            t.unwind_processes.clone(),
+        );
+        r.register(
+            "hearth_unwind_objects",
+            "Object files with a table in the kernel, shared by the processes mapping them",
+            t.unwind_objects.clone(),
+        );
+        r.register(
+            "hearth_unwind_rows",
+            "Unwind table rows in use in the kernel (8 bytes each)",
+            t.unwind_rows.clone(),
+        );
+        r.register(
+            "hearth_unwind_row_capacity",
+            "Unwind table rows the kernel array holds (unwind.max_rows)",
+            t.unwind_row_capacity.clone(),
+        );
+        r.register(
+            "hearth_unwind_tables_not_loaded",
+            "Tables or processes left to frame pointers (compile_error: unreadable or \
+             malformed .eh_frame; rows_full: unwind.max_rows reached; processes_full: \
+             unwind.max_processes reached)",
+            t.unwind_not_loaded.clone(),
         );
         r.register(
             "hearth_network_events",
@@ -221,6 +268,34 @@ impl Telemetry {
         advance_to(&stack("kernel"), k.kernel_stack_errors);
         advance_to(&stack("user"), k.user_stack_errors);
         advance_to(&stack("task_read"), k.task_read_errors);
+        advance_to(&self.unwind_walks, k.unwind_samples);
+        let stopped = |reason| {
+            self.unwind_stopped
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        };
+        advance_to(&stopped("no_table"), k.unwind_no_table);
+        advance_to(&stopped("bad_cfa"), k.unwind_bad_cfa);
+        advance_to(&stopped("read_error"), k.unwind_read_errors);
+        advance_to(&stopped("depth_limit"), k.unwind_depth_limit);
+        advance_to(&stopped("unsupported"), k.unwind_unsupported);
+        advance_to(&stopped("tail_call"), k.unwind_tail_call_errors);
+    }
+
+    /// What the table unwinder holds and could not load.
+    pub fn record_unwind(&self, u: &UnwindStats) {
+        self.unwind_processes.set(u.processes as i64);
+        self.unwind_objects.set(u.objects as i64);
+        self.unwind_rows.set(u.rows as i64);
+        self.unwind_row_capacity.set(u.row_capacity as i64);
+        let not_loaded = |reason| {
+            self.unwind_not_loaded
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        };
+        advance_to(&not_loaded("compile_error"), u.compile_errors);
+        advance_to(&not_loaded("rows_full"), u.tables_full);
+        advance_to(&not_loaded("processes_full"), u.processes_full);
     }
 
     pub fn record_net(&self, k: &NetCounters, stats: &NetStats) {

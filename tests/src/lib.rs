@@ -4,6 +4,7 @@
 //! says what was wrong, as tests should.
 
 pub mod agent;
+pub mod cgroups;
 
 use std::{
     collections::BTreeMap,
@@ -220,8 +221,13 @@ pub fn read_folded(path: &Path) -> Vec<FoldedStack> {
         .collect()
 }
 
-/// `frame` names function `name`, allowing a Rust module path before it.
+/// `frame` names function `name`, allowing a Rust module path before it
+/// and a C++ parameter list after it.
 pub fn names(frame: &str, name: &str) -> bool {
+    let frame = match frame.find('(') {
+        Some(at) if at > 0 => &frame[..at],
+        _ => frame,
+    };
     frame == name || frame.ends_with(&format!("::{name}"))
 }
 
@@ -264,8 +270,45 @@ pub fn full_chain_share(
     full as f64 / all as f64
 }
 
-/// `perf record` of one process, the reference profiler.
+/// Share of `process`'s samples whose stack holds the functions of
+/// `chain` in order, root first (other frames may come between, such as
+/// libc's inside `qsort`), and then one of `leaves`. C++ parameter lists
+/// are ignored.
+pub fn ordered_chain_share(
+    stacks: &[FoldedStack],
+    process: &str,
+    chain: &[&str],
+    leaves: &[&str],
+) -> f64 {
+    let (mut full, mut all) = (0, 0);
+    for (frames, count) in stacks.iter().filter(|(f, _)| f[0] == process) {
+        all += count;
+        let mut rest = frames.iter();
+        let chain_found = chain.iter().all(|name| rest.any(|f| names(f, name)));
+        let leaf_found = rest.any(|f| leaves.iter().any(|l| names(f, l)));
+        if chain_found && leaf_found {
+            full += count;
+        }
+    }
+    assert!(all > 0, "no samples of {process} at all");
+    full as f64 / all as f64
+}
+
+/// `perf record` of one process, the reference profiler, walking stacks
+/// with frame pointers.
 pub fn spawn_perf_record(pid: u32, seconds: f64, hz: u32, out: &Path) -> Running {
+    spawn_perf_record_with(pid, seconds, hz, out, "fp")
+}
+
+/// `perf record --call-graph CALL_GRAPH` (`fp`, or `dwarf`: copies of the
+/// user stack unwound afterwards with libdw) of one process.
+pub fn spawn_perf_record_with(
+    pid: u32,
+    seconds: f64,
+    hz: u32,
+    out: &Path,
+    call_graph: &str,
+) -> Running {
     let child = Command::new("perf")
         .args([
             "record",
@@ -274,7 +317,8 @@ pub fn spawn_perf_record(pid: u32, seconds: f64, hz: u32, out: &Path) -> Running
             "cpu-clock",
             "-F",
             &hz.to_string(),
-            "-g",
+            "--call-graph",
+            call_graph,
             "-p",
             &pid.to_string(),
             "-o",
@@ -309,7 +353,8 @@ pub fn perf_leaf_counts(data: &Path, leaves: &[&str]) -> Vec<u64> {
                 return None;
             }
             let symbol = line.split_whitespace().nth(1)?;
-            let symbol = symbol.split('+').next()?;
+            // "leaf_a+0x28", or C++'s "leaf_a(unsigned long)+0x28" split at its space.
+            let symbol = symbol.split(['+', '(']).next()?;
             leaves.iter().position(|l| names(symbol, l))
         });
         if let Some(index) = hit {

@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     "linux-perf",
     // `cargo xtask bench` compares with it.
     "bpftrace",
+    // Reads the unwinder's kernel maps in the leak test.
+    "bpftool",
     "golang-go",
     "python3",
     "python3-pip",

@@ -223,6 +223,16 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     if config.limits.process_idle_windows == 0 {
         return Err(("limits.process_idle_windows", "must be at least 1".into()));
     }
+    let unwind = &config.unwind;
+    for (key, value) in [
+        ("unwind.max_rows", unwind.max_rows),
+        ("unwind.max_rows_per_object", unwind.max_rows_per_object),
+        ("unwind.max_processes", unwind.max_processes),
+    ] {
+        if value == 0 {
+            return Err((key, "must be at least 1".into()));
+        }
+    }
     if config.scope.is_scoped() && config.scope.max_cgroups == 0 {
         return Err(("scope.max_cgroups", "must be at least 1".into()));
     }

@@ -27,6 +27,7 @@ pub struct Config {
     #[serde(deserialize_with = "list")]
     pub events: Vec<Event>,
     pub network: NetworkConfig,
+    pub unwind: UnwindConfig,
     pub limits: Limits,
     pub symbolize: SymbolizeConfig,
     /// OTLP profiles export; off when absent.
@@ -60,6 +61,7 @@ impl Default for Config {
             kernel_stacks: true,
             events: vec![Event::Cpu],
             network: NetworkConfig::default(),
+            unwind: UnwindConfig::default(),
             limits: Limits::default(),
             symbolize: SymbolizeConfig::default(),
             otlp: None,
@@ -133,6 +135,70 @@ impl Default for NetworkConfig {
             max_pending_connects: network::DEFAULT_PENDING_CONNECTS,
             user_stacks: true,
             call_sites: network::DEFAULT_CALL_SITES,
+        }
+    }
+}
+
+/// How user stacks are walked.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UnwindMethod {
+    /// Frame pointers only (the kernel's walk): cheapest, but binaries
+    /// built without them (most distribution packages, Rust release
+    /// builds) show one or two frames.
+    Fp,
+    /// Unwind tables compiled from `.eh_frame` for every process; frame
+    /// pointers only where no table covers an address.
+    Dwarf,
+    /// Tables once the agent has loaded them for a process, frame
+    /// pointers before that.
+    #[default]
+    Auto,
+}
+
+impl UnwindMethod {
+    pub fn kernel_mode(self) -> hearth_common::unwind::UnwindMode {
+        use hearth_common::unwind::UnwindMode;
+        match self {
+            Self::Fp => UnwindMode::FramePointers,
+            Self::Dwarf => UnwindMode::Dwarf,
+            Self::Auto => UnwindMode::Auto,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp => "fp",
+            Self::Dwarf => "dwarf",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+/// User-stack unwinding from `.eh_frame` tables.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnwindConfig {
+    /// `fp`, `dwarf` or `auto`.
+    pub mode: UnwindMethod,
+    /// Rows of compiled tables the kernel holds for all objects together,
+    /// 8 bytes each, allocated when the probes load (libc takes about
+    /// 28,000). Objects that do not fit are walked with frame pointers.
+    pub max_rows: u32,
+    /// Rows one object's table may have.
+    pub max_rows_per_object: u32,
+    /// Processes the kernel unwinder holds mappings for (2 KiB each,
+    /// allocated as used).
+    pub max_processes: u32,
+}
+
+impl Default for UnwindConfig {
+    fn default() -> Self {
+        Self {
+            mode: UnwindMethod::Auto,
+            max_rows: crate::unwind::DEFAULT_MAX_ROWS,
+            max_rows_per_object: crate::unwind::DEFAULT_MAX_ROWS_PER_OBJECT,
+            max_processes: crate::unwind::DEFAULT_MAX_PROCESSES,
         }
     }
 }

@@ -28,18 +28,33 @@ pub enum BtfError {
     NoField { structure: String, field: String },
 }
 
-/// Reads the `task_struct` offsets the CPU sampler needs from BTF at `path`.
-pub fn task_offsets(path: &Path) -> Result<TaskOffsets, BtfError> {
+/// `pt_regs` offsets of the user instruction, stack and frame pointers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegsOffsets {
+    pub ip: u32,
+    pub sp: u32,
+    pub bp: u32,
+}
+
+/// Reads the `task_struct` and `pt_regs` offsets the CPU sampler needs
+/// from BTF at `path`.
+pub fn task_offsets(path: &Path) -> Result<(TaskOffsets, RegsOffsets), BtfError> {
     let btf = load(path)?;
     let offset = |field: &str| member_offset(&btf, "task_struct", field);
-    Ok(TaskOffsets {
+    let task = TaskOffsets {
         pid: offset("pid")?,
         tgid: offset("tgid")?,
         group_leader: offset("group_leader")?,
         start_boottime: offset("start_boottime")?,
         self_exec_id: offset("self_exec_id")?,
         _pad: 0,
-    })
+    };
+    let regs = RegsOffsets {
+        ip: member_offset(&btf, "pt_regs", "ip")?,
+        sp: member_offset(&btf, "pt_regs", "sp")?,
+        bp: member_offset(&btf, "pt_regs", "bp")?,
+    };
+    Ok((task, regs))
 }
 
 /// Reads the `sock`, `sk_buff` and `tcp_skb_cb` offsets the network
@@ -189,7 +204,8 @@ mod tests {
         if !path.exists() {
             panic!("{KERNEL_BTF_PATH} is missing: these tests need a BTF-enabled kernel");
         }
-        let offsets = task_offsets(path).unwrap();
+        let (offsets, regs) = task_offsets(path).unwrap();
+        assert!(regs.ip > regs.bp && regs.sp > regs.ip, "{regs:?}");
         // tgid directly follows pid in every kernel since 2.6.
         assert_eq!(offsets.tgid, offsets.pid + 4);
         assert!(offsets.group_leader > offsets.tgid);

@@ -5,6 +5,7 @@ pub mod btf;
 mod net;
 mod ring;
 mod sample;
+mod unwind;
 
 use std::path::Path;
 
@@ -23,6 +24,7 @@ use aya::{
 use hearth_common::{
     Counter, SamplerConfig,
     net::{NetConfig, NetCounter, NetEventKind},
+    unwind::UnwindMode,
 };
 
 use crate::units::ByteSize;
@@ -30,6 +32,7 @@ use crate::units::ByteSize;
 pub use net::{NetCounters, NetRecord, NetSettings, encode as encode_net_record};
 pub use ring::SampleRing;
 pub use sample::{RawSample, SampleDecodeError, comm_to_str, encode as encode_sample};
+pub use unwind::{UnwindCapacity, UnwindMaps};
 
 /// The kernel programs, built by `build.rs` and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hearth-ebpf"));
@@ -104,6 +107,10 @@ pub struct ProbeSettings {
     /// Leave the agent's own process out (always, except in benchmarks
     /// that measure the pipeline on their own threads).
     pub ignore_own_process: bool,
+    /// How user stacks are walked.
+    pub unwind_mode: UnwindMode,
+    /// Sizes of the table unwinder's maps (unused in frame-pointer mode).
+    pub unwind_capacity: UnwindCapacity,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +149,8 @@ pub enum ProbeError {
     },
     #[error("watching the sample ring buffer failed")]
     Ring(#[source] std::io::Error),
+    #[error("mapping the unwind table array into memory failed")]
+    MapMemory(#[source] std::io::Error),
 }
 
 #[cfg(test)]
@@ -267,6 +276,15 @@ pub struct KernelCounters {
     pub user_stack_errors: u64,
     pub task_read_errors: u64,
     pub filter_full: u64,
+    /// User stacks walked with unwind tables, and the walks that stopped
+    /// before the outermost frame, by reason.
+    pub unwind_samples: u64,
+    pub unwind_no_table: u64,
+    pub unwind_bad_cfa: u64,
+    pub unwind_read_errors: u64,
+    pub unwind_depth_limit: u64,
+    pub unwind_unsupported: u64,
+    pub unwind_tail_call_errors: u64,
 }
 
 impl KernelCounters {
@@ -278,6 +296,13 @@ impl KernelCounters {
             Counter::UserStackError => &mut self.user_stack_errors,
             Counter::TaskReadError => &mut self.task_read_errors,
             Counter::FilterFull => &mut self.filter_full,
+            Counter::UnwindSamples => &mut self.unwind_samples,
+            Counter::UnwindNoTable => &mut self.unwind_no_table,
+            Counter::UnwindBadCfa => &mut self.unwind_bad_cfa,
+            Counter::UnwindReadError => &mut self.unwind_read_errors,
+            Counter::UnwindDepthLimit => &mut self.unwind_depth_limit,
+            Counter::UnwindUnsupported => &mut self.unwind_unsupported,
+            Counter::UnwindTailCall => &mut self.unwind_tail_call_errors,
         };
         *slot = value;
     }
@@ -308,13 +333,17 @@ impl Probes {
     /// Loads the programs and maps; nothing is attached and nothing sampled yet.
     pub fn load(settings: &ProbeSettings) -> Result<Self, ProbeError> {
         let btf_path = Path::new(btf::KERNEL_BTF_PATH);
-        let task = btf::task_offsets(btf_path)?;
+        let (task, regs) = btf::task_offsets(btf_path)?;
+        let tables = settings.cpu && settings.unwind_mode != UnwindMode::FramePointers;
         let config = SamplerConfig {
             task,
             filter_tgids: u8::from(settings.filter_processes),
             skip_kernel_stack: u8::from(!settings.kernel_stacks),
             filter_cgroups: u8::from(settings.cgroup_capacity.is_some()),
-            _pad: 0,
+            unwind_mode: settings.unwind_mode as u8,
+            regs_ip: regs.ip,
+            regs_sp: regs.sp,
+            regs_bp: regs.bp,
             ignored_tgid: if settings.ignore_own_process {
                 std::process::id()
             } else {
@@ -352,6 +381,22 @@ impl Probes {
             )
             .map_max_entries(SOCKET_OWNERS, net.map_or(1, |n| n.socket_owners.max(1)))
             .map_max_entries(CALL_SITES, net.map_or(1, |n| n.call_sites.max(1)))
+            .map_max_entries(
+                unwind::UNWIND_ROWS,
+                if tables {
+                    settings.unwind_capacity.rows.max(1)
+                } else {
+                    1
+                },
+            )
+            .map_max_entries(
+                unwind::UNWIND_PROCESSES,
+                if tables {
+                    settings.unwind_capacity.processes.max(1)
+                } else {
+                    1
+                },
+            )
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
 
@@ -361,6 +406,9 @@ impl Probes {
                 program: "cpu_sample",
                 source,
             })?;
+        }
+        if tables {
+            load_unwinder(&mut ebpf)?;
         }
         if let Some(net) = net {
             for (name, _) in wanted_net_programs(&net.emit) {
@@ -413,6 +461,20 @@ impl Probes {
             .map_mut(TGID_FILTER)
             .ok_or(ProbeError::Missing(TGID_FILTER))?;
         HashMap::try_from(map).map_err(|source| map_error(TGID_FILTER, source))
+    }
+
+    /// Hands out the unwinder's maps (None in frame-pointer mode); call once.
+    pub fn take_unwind_maps(&mut self) -> Result<Option<UnwindMaps>, ProbeError> {
+        if !self.settings.cpu || self.settings.unwind_mode == UnwindMode::FramePointers {
+            return Ok(None);
+        }
+        let mut take = |name: &'static str| match self.ebpf.take_map(name) {
+            Some(aya::maps::Map::Array(data) | aya::maps::Map::HashMap(data)) => Ok(data),
+            _ => Err(ProbeError::Missing(name)),
+        };
+        let rows = take(unwind::UNWIND_ROWS)?;
+        let processes = take(unwind::UNWIND_PROCESSES)?;
+        UnwindMaps::new(rows, processes, self.settings.unwind_capacity.rows.max(1)).map(Some)
     }
 
     /// Hands out the CPU sample ring; call once, before [`start`](Self::start).
@@ -558,6 +620,30 @@ impl Probes {
         }
         Ok(totals)
     }
+}
+
+/// Loads `cpu_unwind` and puts it where `cpu_sample` tail-calls it.
+fn load_unwinder(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let unwinder: &mut PerfEvent = program(ebpf, "cpu_unwind")?;
+    unwinder.load().map_err(|source| ProbeError::Program {
+        program: "cpu_unwind",
+        source,
+    })?;
+    let fd = unwinder
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(|source| ProbeError::Program {
+            program: "cpu_unwind",
+            source,
+        })?;
+    let map = ebpf
+        .map_mut(unwind::UNWIND_PROGRAMS)
+        .ok_or(ProbeError::Missing(unwind::UNWIND_PROGRAMS))?;
+    let mut programs = aya::maps::ProgramArray::try_from(map)
+        .map_err(|source| map_error(unwind::UNWIND_PROGRAMS, source))?;
+    programs
+        .set(0, &fd, 0)
+        .map_err(|source| map_error(unwind::UNWIND_PROGRAMS, source))
 }
 
 fn map_error(map: &'static str, source: MapError) -> ProbeError {

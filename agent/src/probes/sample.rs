@@ -10,7 +10,7 @@ pub enum SampleDecodeError {
     #[error(
         "record claims {kernel} kernel and {user} user frames (at most {MAX_STACK_DEPTH} each)"
     )]
-    BadDepth { kernel: u32, user: u32 },
+    BadDepth { kernel: u16, user: u16 },
     #[error("network record of unknown kind {0}")]
     BadKind(u16),
 }
@@ -81,8 +81,8 @@ fn frames(bytes: &[u8]) -> impl ExactSizeIterator<Item = u64> + '_ {
 pub fn encode(header: SampleHeader, kernel: &[u64], user: &[u64]) -> Vec<u8> {
     assert!(kernel.len() <= MAX_STACK_DEPTH && user.len() <= MAX_STACK_DEPTH);
     let header = SampleHeader {
-        kernel_frames: kernel.len() as u32,
-        user_frames: user.len() as u32,
+        kernel_frames: kernel.len() as u16,
+        user_frames: user.len() as u16,
         ..header
     };
     // SAFETY: SampleHeader is repr(C) plain data with no implicit padding.
@@ -145,7 +145,7 @@ mod tests {
         );
         let mut bad = encode(header(), &[], &[]);
         let at = std::mem::offset_of!(SampleHeader, user_frames);
-        bad[at..at + 4].copy_from_slice(&500u32.to_ne_bytes());
+        bad[at..at + 2].copy_from_slice(&500u16.to_ne_bytes());
         assert!(matches!(
             RawSample::decode(&bad),
             Err(SampleDecodeError::BadDepth { user: 500, .. })

@@ -234,7 +234,7 @@ impl ProcessTable {
 }
 
 /// The procfs entry for `key`, if it still describes that process image.
-fn live_process(key: ProcessKey, nanos_per_tick: u64) -> Option<Process> {
+pub fn live_process(key: ProcessKey, nanos_per_tick: u64) -> Option<Process> {
     let process = Process::new(key.tgid as i32).ok()?;
     if key.start_ns != 0 {
         let started_ticks = process.stat().ok()?.starttime;

@@ -23,14 +23,15 @@ use crate::{
     event::Event,
     export::{self, OutputFormat, SvgOptions},
     network::{self, NetAggregator, ReasonNames},
-    pipeline::{Pipeline, drain_network},
+    pipeline::{Pipeline, drain_cpu, drain_network},
     preflight,
     probes::{
         DRAIN_INTERVAL, KernelCounters, NetCounters, NetSettings, ProbeSettings, Probes,
-        check_frequency, online_cpu_count,
+        UnwindCapacity, check_frequency, online_cpu_count,
     },
     profile::{Profile, ProfileMeta},
     symbolize::Symbolizer,
+    unwind::{self, UnwindLimits, UnwindRegistry, UnwindStats},
 };
 use progress::Progress;
 
@@ -68,6 +69,8 @@ pub struct RecordReport {
     pub stopped_by: StopReason,
     pub kernel: KernelCounters,
     pub net: NetCounters,
+    /// What the table unwinder loaded (None in frame-pointer mode).
+    pub unwind: Option<UnwindStats>,
 }
 
 pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
@@ -107,8 +110,22 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         network,
         cgroup_capacity: None,
         ignore_own_process: true,
+        unwind_mode: options.unwind.kernel_mode(),
+        unwind_capacity: UnwindCapacity {
+            rows: unwind::DEFAULT_MAX_ROWS,
+            processes: options.max_traced_processes,
+        },
     })
     .context("loading the probes")?;
+    let mut unwinder = sampler.take_unwind_maps()?.map(|maps| {
+        UnwindRegistry::new(
+            maps,
+            UnwindLimits {
+                max_rows_per_object: unwind::DEFAULT_MAX_ROWS_PER_OBJECT as usize,
+                refresh_interval: unwind::MAX_REFRESH,
+            },
+        )
+    });
     for &pid in &options.pids {
         sampler.trace_process(pid)?;
     }
@@ -165,14 +182,14 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
             tokio::select! {
                 ready = ring.wait() => {
                     ready.context("waiting on the sample ring buffer")?;
-                    ring.drain(|record| pipeline.ingest(record));
+                    drain_cpu(&mut ring, &mut pipeline, unwinder.as_mut(), |_| {});
                 }
                 ready = net_ring.wait() => {
                     ready.context("waiting on the network event ring buffer")?;
                     net_ring.drain(|record| pipeline.ingest_net(record));
                 }
                 _ = drain_tick.tick() => {
-                    ring.drain(|record| pipeline.ingest(record));
+                    drain_cpu(&mut ring, &mut pipeline, unwinder.as_mut(), |_| {});
                     drain_network(&mut net_ring, &mut pipeline, &mut sampler)?;
                 }
                 () = &mut deadline => break StopReason::DurationElapsed,
@@ -183,6 +200,9 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
                 _ = interrupt.recv() => break StopReason::Interrupted,
                 _ = terminate.recv() => break StopReason::Interrupted,
                 _ = status.tick() => {
+                    if let Some(unwinder) = unwinder.as_mut() {
+                        unwinder.reap();
+                    }
                     let lost = sampler.counters().map(|c| c.ring_full).unwrap_or(0)
                         + sampler.net_counters().map(|c| c.ring_full).unwrap_or(0);
                     progress.update(pipeline.samples() + pipeline.network_events(), lost);
@@ -196,6 +216,8 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
     net_ring.drain(|record| pipeline.ingest_net(record));
     let kernel = sampler.counters()?;
     let net = sampler.net_counters()?;
+    let unwind = unwinder.as_ref().map(UnwindRegistry::stats);
+    drop(unwinder);
     drop(sampler);
 
     let meta = ProfileMeta {
@@ -247,6 +269,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         stopped_by,
         kernel,
         net,
+        unwind,
     })
 }
 

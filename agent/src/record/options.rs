@@ -30,6 +30,7 @@ pub struct RecordOptions {
     pub ring_buffer_size: RingBufferSize,
     pub max_traced_processes: u32,
     pub process_limits: ProcessLimits,
+    pub unwind: crate::config::UnwindMethod,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -103,6 +104,7 @@ impl TryFrom<RecordArgs> for RecordOptions {
                 max_open_objects: args.max_open_objects,
                 ..ProcessLimits::default()
             },
+            unwind: args.unwind,
         })
     }
 }

@@ -27,16 +27,18 @@ use crate::{
     event::Event,
     export::{otlp::OtlpClient, pyroscope::PyroscopeClient, resource::ResourceNamer},
     network::{self, NetAggregator, ReasonNames},
-    pipeline::{Pipeline, WindowLimits, drain_network},
+    pipeline::{Pipeline, WindowLimits, drain_cpu, drain_network},
     preflight,
     probes::{
-        DRAIN_INTERVAL, NetSettings, ProbeSettings, Probes, check_frequency, online_cpu_count,
+        DRAIN_INTERVAL, NetSettings, ProbeSettings, Probes, UnwindCapacity, check_frequency,
+        online_cpu_count,
     },
     process::{ProcessLimits, kubernetes},
     retention::{ExportQueue, History, QueueLimits, Spool},
     scope::{self, selector::PodScope},
     symbolize::Symbolizer,
     telemetry::{self, Telemetry, advance_to},
+    unwind::{self, UnwindLimits, UnwindRegistry},
 };
 use delivery::{Backend, Backoff, Outbox, deliver};
 use oncall::OnCall;
@@ -206,8 +208,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .ring_buffer_size
             .bytes(online_cpu_count(), config.frequency),
         filter_capacity: 1,
+        unwind_mode: config.unwind.mode.kernel_mode(),
+        unwind_capacity: UnwindCapacity {
+            rows: config.unwind.max_rows,
+            processes: config.unwind.max_processes,
+        },
     })
     .context("loading the probes")?;
+    let mut unwinder = sampler.take_unwind_maps()?.map(|maps| {
+        UnwindRegistry::new(
+            maps,
+            UnwindLimits {
+                max_rows_per_object: config.unwind.max_rows_per_object as usize,
+                refresh_interval: unwind::MAX_REFRESH,
+            },
+        )
+    });
     let mut ring = sampler.take_ring()?;
     let mut net_ring = sampler.take_net_ring()?;
     let process_limits = ProcessLimits {
@@ -324,9 +340,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     macro_rules! drain_cpu {
         () => {
-            ring.drain(|record| {
-                pipeline.ingest(record);
-                oncall.tee(record);
+            drain_cpu(&mut ring, &mut pipeline, unwinder.as_mut(), |record| {
+                oncall.tee(record)
             })
         };
     }
@@ -377,6 +392,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
             }
             _ = refresh_tick.tick() => {
+                if let Some(unwinder) = unwinder.as_mut() {
+                    unwinder.reap();
+                    telemetry.record_unwind(&unwinder.stats());
+                }
                 record_counters(&sampler, &pipeline, &telemetry);
             }
             _ = interrupt.recv() => break,

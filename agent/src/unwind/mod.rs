@@ -14,9 +14,29 @@ use gimli::{
 use hearth_common::unwind::{UnwindKind, UnwindRow};
 use object::{Object as _, ObjectSection as _};
 
+mod alloc;
+mod load;
+mod registry;
+
+pub use load::ObjectKey;
+
+/// Default `unwind.max_rows`: 8 MiB of rows, room for libc many times over
+/// and a few large binaries.
+pub const DEFAULT_MAX_ROWS: u32 = 1 << 20;
+/// Default `unwind.max_rows_per_object`.
+pub const DEFAULT_MAX_ROWS_PER_OBJECT: u32 = 1 << 19;
+/// Longest wait between re-reads of a process whose samples keep finding
+/// addresses outside its known mappings.
+pub const MAX_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+/// Default `unwind.max_processes`.
+pub const DEFAULT_MAX_PROCESSES: u32 = 4096;
+pub use registry::{UnwindLimits, UnwindRegistry, UnwindStats};
+
 /// Why an object got no table.
 #[derive(Debug, thiserror::Error)]
 pub enum UnwindError {
+    #[error("cannot read the object file: {0}")]
+    Read(#[source] std::io::Error),
     #[error("not a readable ELF file: {0}")]
     Elf(#[from] object::Error),
     #[error("only x86-64 objects are supported")]

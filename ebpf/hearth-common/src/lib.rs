@@ -8,9 +8,10 @@
 pub mod net;
 pub mod unwind;
 
-/// Deepest kernel or user stack a CPU sample carries (the kernel's
-/// `PERF_MAX_STACK_DEPTH` is 127).
-pub const MAX_STACK_DEPTH: usize = 127;
+/// Deepest kernel or user stack a CPU sample carries. The kernel's own
+/// walks stop at `PERF_MAX_STACK_DEPTH` (127); the table-driven user-stack
+/// unwinder goes to this depth.
+pub const MAX_STACK_DEPTH: usize = 128;
 
 /// Length of a task's command name, including the trailing NUL.
 pub const TASK_COMM_LEN: usize = 16;
@@ -32,14 +33,25 @@ pub struct SampleHeader {
     pub cpu: u32,
     /// Low 32 bits of `task_struct.self_exec_id`; bumps on every `exec`.
     pub exec_id: u32,
-    /// Valid entries in `CpuSample::kernel_stack`.
-    pub kernel_frames: u32,
-    /// Valid entries in `CpuSample::user_stack`.
-    pub user_frames: u32,
+    /// Kernel frames in the record.
+    pub kernel_frames: u16,
+    /// User frames in the record, after the kernel frames.
+    pub user_frames: u16,
+    /// How the user stack was walked and why the walk ended
+    /// ([`unwind::UnwindOutcome`]).
+    pub unwind: u8,
+    /// [`SAMPLE_NEEDS_TABLES`] and future flags.
+    pub flags: u8,
+    pub _pad: u16,
     /// Name of the sampled thread, NUL-padded.
     pub comm: [u8; TASK_COMM_LEN],
 }
 const _: () = assert!(core::mem::size_of::<SampleHeader>() == 64);
+
+/// `SampleHeader::flags`: the process has no unwind tables in the kernel
+/// yet, or an address of its stack fell outside every mapping they cover
+/// (a `dlopen` or `exec` since): the agent should (re)load them.
+pub const SAMPLE_NEEDS_TABLES: u8 = 1;
 
 /// One CPU sample as the kernel program assembles it. Only the header and
 /// the frames in use are written to the `CPU_SAMPLES` ring buffer: the
@@ -85,14 +97,19 @@ pub struct SamplerConfig {
     pub skip_kernel_stack: u8,
     /// Non-zero: only sample tasks whose cgroup v2 id is in `CGROUP_ALLOW`.
     pub filter_cgroups: u8,
-    pub _pad: u8,
+    /// How user stacks are walked: [`unwind::UnwindMode`].
+    pub unwind_mode: u8,
     /// Never sampled: the agent's own process (its cost is in its metrics).
     pub ignored_tgid: u32,
     /// Wake the agent only once this many bytes wait in the ring (it also
     /// drains on a timer); 0: the ring's default, a wakeup per sample.
     pub wakeup_bytes: u32,
+    /// `pt_regs` offsets of the instruction, stack and frame pointers.
+    pub regs_ip: u32,
+    pub regs_sp: u32,
+    pub regs_bp: u32,
 }
-const _: () = assert!(core::mem::size_of::<SamplerConfig>() == 36);
+const _: () = assert!(core::mem::size_of::<SamplerConfig>() == 48);
 
 /// Slots of the per-CPU `COUNTERS` array.
 #[repr(u32)]
@@ -110,10 +127,26 @@ pub enum Counter {
     TaskReadError = 4,
     /// The descendant filter was full when a traced process forked.
     FilterFull = 5,
+    /// User stacks walked with unwind tables.
+    UnwindSamples = 6,
+    /// A table walk reached an address no table covers and the frame
+    /// pointer there led nowhere.
+    UnwindNoTable = 7,
+    /// A table walk computed an impossible CFA (zero, or not above the
+    /// stack pointer).
+    UnwindBadCfa = 8,
+    /// A table walk could not read the user stack.
+    UnwindReadError = 9,
+    /// A table walk reached `MAX_STACK_DEPTH` frames.
+    UnwindDepthLimit = 10,
+    /// A table walk met a rule it does not follow (a DWARF expression).
+    UnwindUnsupported = 11,
+    /// The tail call into the unwinder failed (the walk used frame pointers).
+    UnwindTailCall = 12,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 13;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Samples,
         Counter::RingFull,
@@ -121,6 +154,13 @@ impl Counter {
         Counter::UserStackError,
         Counter::TaskReadError,
         Counter::FilterFull,
+        Counter::UnwindSamples,
+        Counter::UnwindNoTable,
+        Counter::UnwindBadCfa,
+        Counter::UnwindReadError,
+        Counter::UnwindDepthLimit,
+        Counter::UnwindUnsupported,
+        Counter::UnwindTailCall,
     ];
 }
 
@@ -131,5 +171,6 @@ mod user {
     unsafe impl aya::Pod for super::SamplerConfig {}
     unsafe impl aya::Pod for super::net::NetConfig {}
     unsafe impl aya::Pod for super::unwind::UnwindRow {}
+    unsafe impl aya::Pod for super::unwind::ProcessUnwind {}
     unsafe impl aya::Pod for super::net::SocketOwner {}
 }

@@ -60,3 +60,91 @@ impl UnwindRow {
             == (other.kind, other.cfa_offset, other.fp_offset)
     }
 }
+
+/// How user stacks are walked (`unwind.mode`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnwindMode {
+    /// The kernel's frame-pointer walk (`bpf_get_stack`) for every process.
+    FramePointers = 0,
+    /// Tables where the agent has loaded them; the frame-pointer walk for
+    /// processes it has not reached yet.
+    Auto = 1,
+    /// The table walker for every process (frame pointers where no table
+    /// covers an address, including in processes without tables yet).
+    Dwarf = 2,
+}
+
+/// How the user stack of a sample was walked, and why the walk ended
+/// (`SampleHeader::unwind`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnwindOutcome {
+    /// The kernel's frame-pointer walk.
+    FramePointers = 0,
+    /// Tables to the outermost frame (or a zero return address).
+    Complete = 1,
+    NoTable = 2,
+    BadCfa = 3,
+    ReadError = 4,
+    DepthLimit = 5,
+    Unsupported = 6,
+}
+
+/// Most executable mappings of one process the kernel unwinder knows;
+/// addresses in further mappings are walked with frame pointers.
+pub const MAX_UNWIND_MAPPINGS: usize = 64;
+
+/// One executable mapping of a process and the table that covers it:
+/// an address `a` in `start..end` is `a - bias` in the object's own
+/// address space, looked up in rows `first_row..first_row + rows` of
+/// `UNWIND_ROWS`. `rows == 0`: the object has no table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    pub start: u64,
+    pub end: u64,
+    pub bias: u64,
+    pub first_row: u32,
+    pub rows: u32,
+}
+const _: () = assert!(core::mem::size_of::<UnwindMapping>() == 32);
+
+/// A process's entry in `UNWIND_PROCESSES` (keyed by tgid): its image's
+/// identity, so a reused PID or an `exec` is not walked with stale
+/// mappings, and its mappings sorted by `start`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessUnwind {
+    pub start_ns: u64,
+    pub exec_id: u32,
+    /// Valid entries of `mappings`.
+    pub count: u32,
+    pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
+}
+const _: () = assert!(core::mem::size_of::<ProcessUnwind>() == 16 + 32 * MAX_UNWIND_MAPPINGS);
+
+/// The walk's registers between tail calls, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindState {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Frames written so far (kernel and user).
+    pub frames: u32,
+    /// Tail calls made so far.
+    pub tail_calls: u32,
+}
+
+/// Frames one program invocation walks before tail-calling the next
+/// (more per invocation would exceed what the verifier explores).
+pub const UNWIND_FRAMES_PER_CALL: usize = 4;
+/// Tail calls of the unwinder by itself: with the first invocation they
+/// reach `MAX_STACK_DEPTH` frames, and with `cpu_sample`'s call into it
+/// they stay within the kernel's limit of 33 per chain.
+pub const UNWIND_MAX_TAIL_CALLS: u32 = (crate::MAX_STACK_DEPTH / UNWIND_FRAMES_PER_CALL) as u32;
+const _: () = assert!(
+    (UNWIND_MAX_TAIL_CALLS as usize + 1) * UNWIND_FRAMES_PER_CALL >= crate::MAX_STACK_DEPTH
+        && UNWIND_MAX_TAIL_CALLS < 33
+);

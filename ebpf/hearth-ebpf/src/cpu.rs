@@ -7,17 +7,23 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack,
+        bpf_ktime_get_ns, bpf_task_pt_regs,
     },
     macros::{map, perf_event, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{PerfEventContext, RawTracePointContext},
 };
-use hearth_common::{Counter, CpuSample, MAX_STACK_DEPTH, SamplerConfig, TaskOffsets, record_size};
+use hearth_common::{
+    Counter, CpuSample, MAX_STACK_DEPTH, SAMPLE_NEEDS_TABLES, SamplerConfig, TaskOffsets,
+    record_size,
+    unwind::{UnwindMode, UnwindOutcome},
+};
 
 use crate::{
     ring::wakeup_flags,
     task::{process_identity, read_field},
+    unwind::{process_tables, start_walk},
 };
 
 const NO_OFFSETS: TaskOffsets = TaskOffsets {
@@ -36,9 +42,12 @@ pub(crate) static SAMPLER_CONFIG: Global<SamplerConfig> = Global::new(SamplerCon
     filter_tgids: 0,
     skip_kernel_stack: 0,
     filter_cgroups: 0,
-    _pad: 0,
+    unwind_mode: 0,
     ignored_tgid: 0,
     wakeup_bytes: 0,
+    regs_ip: 0,
+    regs_sp: 0,
+    regs_bp: 0,
 });
 
 /// Byte size is set by the agent (`ring_buffer_bytes`).
@@ -60,10 +69,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 /// Where a sample is assembled before its used part is copied to the ring
 /// (a record carries only the frames it has, not two 127-frame arrays).
 #[map]
-static SCRATCH: PerCpuArray<CpuSample> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SCRATCH: PerCpuArray<CpuSample> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn count(counter: Counter) {
+pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, and this program cannot be preempted on its CPU.
         unsafe { *slot += 1 };
@@ -145,6 +154,24 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
         if kernel > MAX_STACK_DEPTH {
             return;
         }
+        header.kernel_frames = kernel as u16;
+        header.unwind = UnwindOutcome::FramePointers as u8;
+        header.flags = 0;
+        if config.unwind_mode != UnwindMode::FramePointers as u8 {
+            let known = process_tables(tgid, start, exec_id).is_some();
+            if !known {
+                header.flags |= SAMPLE_NEEDS_TABLES;
+            }
+            if known || config.unwind_mode == UnwindMode::Dwarf as u8 {
+                if let Some((ip, sp, bp)) = user_registers(&config) {
+                    start_walk(ctx, ip, sp, bp, kernel as u32);
+                } else {
+                    // A kernel thread: no user stack to walk.
+                    submit(sample, kernel, 0);
+                    return;
+                }
+            }
+        }
         let ret = bpf_get_stack(
             ctx.as_ptr(),
             frames.add(kernel).cast(),
@@ -160,9 +187,53 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
         if user > MAX_STACK_DEPTH {
             return;
         }
-        header.kernel_frames = kernel as u32;
-        header.user_frames = user as u32;
+        submit(sample, kernel, user);
+    }
+}
+
+/// The current thread's user registers (instruction, stack and frame
+/// pointers) as saved when it entered the kernel or was interrupted; None
+/// for kernel threads.
+#[inline(always)]
+fn user_registers(config: &SamplerConfig) -> Option<(u64, u64, u64)> {
+    // SAFETY: the current task's saved registers, read at BTF offsets.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+        if regs.is_null() {
+            return None;
+        }
+        let ip: u64 = read_field(regs, config.regs_ip).ok()?;
+        if ip == 0 || ip >= USER_SPACE_END {
+            return None;
+        }
+        Some((
+            ip,
+            read_field(regs, config.regs_sp).ok()?,
+            read_field(regs, config.regs_bp).ok()?,
+        ))
+    }
+}
+
+/// x86-64 user addresses are below this (47-bit address space; 57 with
+/// five-level paging).
+const USER_SPACE_END: u64 = 1 << 57;
+
+/// Writes the used part of this CPU's scratch sample to the ring: its
+/// header, `kernel` kernel frames and `user` user frames.
+///
+/// # Safety
+/// `sample` is this CPU's `SCRATCH` slot, with the header filled in.
+#[inline(always)]
+pub(crate) unsafe fn submit(sample: *mut CpuSample, kernel: usize, user: usize) {
+    if kernel > MAX_STACK_DEPTH || user > MAX_STACK_DEPTH {
+        return;
+    }
+    // SAFETY: see above; the length is within the CpuSample.
+    unsafe {
+        (*sample).header.kernel_frames = kernel as u16;
+        (*sample).header.user_frames = user as u16;
         let record = core::slice::from_raw_parts(sample as *const u8, record_size(kernel + user));
+        let config = SAMPLER_CONFIG.load();
         let flags = wakeup_flags(&CPU_SAMPLES, config.wakeup_bytes);
         if CPU_SAMPLES.output::<[u8]>(record, flags).is_err() {
             count(Counter::RingFull);

@@ -9,6 +9,7 @@ mod cpu;
 mod net;
 mod ring;
 mod task;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -268,6 +268,9 @@ fn task_event<C: EbpfContext>(ctx: &C, slot: u32, kind: NetEventKind, sk: *const
         exec_id,
         kernel_frames: 0,
         user_frames: 0,
+        unwind: 0,
+        flags: 0,
+        _pad: 0,
         comm,
     };
     let mut frames = 0usize;
@@ -304,7 +307,7 @@ fn task_event<C: EbpfContext>(ctx: &C, slot: u32, kind: NetEventKind, sk: *const
     if frames > MAX_STACK_DEPTH {
         return;
     }
-    event.header.user_frames = frames as u32;
+    event.header.user_frames = frames as u16;
     if submit(event, frames, false)
         && frames > 0
         && let Some(site) = site
@@ -402,6 +405,9 @@ fn owner_event<C: EbpfContext>(
         exec_id: owner.exec_id,
         kernel_frames: 0,
         user_frames: 0,
+        unwind: 0,
+        flags: 0,
+        _pad: 0,
         comm: owner.comm,
     };
     let mut frames = 0usize;
@@ -422,7 +428,7 @@ fn owner_event<C: EbpfContext>(
     if frames > MAX_STACK_DEPTH {
         return;
     }
-    event.header.kernel_frames = frames as u32;
+    event.header.kernel_frames = frames as u16;
     submit(event, frames, false);
 }
 

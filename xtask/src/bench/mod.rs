@@ -110,8 +110,10 @@ pub fn run(root: &Path, settings: &Settings) -> anyhow::Result<()> {
 
     let mut tools = vec![
         Tool::HearthRecord(99),
-        Tool::HearthRun(19),
-        Tool::HearthRun(99),
+        Tool::HearthRun(19, None),
+        // Frame pointers against tables, on a workload built without them.
+        Tool::HearthRun(99, Some("fp")),
+        Tool::HearthRun(99, Some("dwarf")),
     ];
     let mut skipped = Vec::new();
     for (program, tool) in [("perf", Tool::Perf(99)), ("bpftrace", Tool::Bpftrace(99))] {
@@ -204,7 +206,7 @@ fn churn(context: &Context, settings: &Settings) -> anyhow::Result<ChurnResult> 
     // Windows of 2 s and processes forgotten after 2 idle ones, so that
     // the forgetting shows within the run (defaults: 10 s and 6).
     let agent = tools::start_with(
-        Tool::HearthRun(99),
+        Tool::HearthRun(99, None),
         context,
         &[
             ("HEARTH_EXPORT_INTERVAL", "2s"),
@@ -251,7 +253,7 @@ fn many(context: &Context, settings: &Settings) -> anyhow::Result<ManyResult> {
     );
     let idle = workloads::many_processes(&context.work, settings.processes, 1000, 1000)?;
     std::thread::sleep(Duration::from_secs(2));
-    let agent = tools::start(Tool::HearthRun(99), context)?;
+    let agent = tools::start(Tool::HearthRun(99, None), context)?;
     let cpu_before = agent.cpu_seconds();
     let started = Instant::now();
     let mut second_half = Vec::new();

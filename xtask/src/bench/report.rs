@@ -146,9 +146,12 @@ pub fn markdown(results: &Results, settings: &Settings) -> String {
         w,
         "- **CPU overhead.** A C program does a fixed amount of hashing on {threads} \
          threads (one per core; {rounds} rounds of 1000 hashes each, through three call \
-         levels, frame pointers kept) and exits. It runs alone and under each profiler, \
-         machine-wide, at the same rate: `hearth record -F 99`, `hearth run` at 19 and \
-         99 Hz (no exporter: profiles go to its local history), `perf record -a -g -F 99` \
+         levels, built without frame pointers like distribution packages) and exits. It \
+         runs alone and under each profiler, machine-wide: `hearth record -F 99`, \
+         `hearth run -F 19` (both with the default `--unwind auto`), `hearth run -F 99` \
+         with `--unwind fp` (the kernel's frame-pointer walk) and with `--unwind dwarf` \
+         (unwind tables, full stacks) (no exporter: profiles go to its local history), \
+         `perf record -a -g -F 99` \
          and a bpftrace `profile:hz:99` aggregation of kernel and user stacks by command. \
          Each profiler is started, given 2 s to attach, then the workload runs; the \
          profiler is stopped as a user would (SIGINT, SIGTERM for the daemon) after it. \
@@ -218,7 +221,7 @@ pub fn markdown(results: &Results, settings: &Settings) -> String {
         let wall = median(&condition.walls);
         let slow = slowdowns(condition);
         let (lo, hi) = range(&slow);
-        let hearth = matches!(condition.tool, Tool::HearthRun(_) | Tool::HearthRecord(_));
+        let hearth = matches!(condition.tool, Tool::HearthRun(..) | Tool::HearthRecord(_));
         let _ = writeln!(
             w,
             "| {} | {wall:.3} s | {:+.2}% | {lo:+.2}% … {hi:+.2}% | {:.2}% | {} | {} | {:.1} MiB | {} |",
@@ -310,7 +313,7 @@ pub fn markdown(results: &Results, settings: &Settings) -> String {
     let _ = writeln!(w, "\n## Reproduce\n");
     let _ = writeln!(
         w,
-        "```sh\nsudo cargo xtask bench            # about 10 minutes; rewrites docs/benchmarks.md\n\
+        "```sh\nsudo cargo xtask bench            # about 17 minutes; rewrites docs/benchmarks.md\n\
          sudo cargo xtask bench --rounds 9 --output /tmp/bench.md\n```\n\n\
          Run it on an otherwise idle machine: anything else running shows up as noise \
          in every condition."

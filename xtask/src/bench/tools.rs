@@ -19,7 +19,8 @@ use crate::procs::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tool {
     HearthRecord(u32),
-    HearthRun(u32),
+    /// `hearth run` at a rate, with `--unwind` when not the default.
+    HearthRun(u32, Option<&'static str>),
     Perf(u32),
     Bpftrace(u32),
 }
@@ -28,7 +29,8 @@ impl Tool {
     pub fn name(self) -> String {
         match self {
             Tool::HearthRecord(hz) => format!("hearth record -F {hz}"),
-            Tool::HearthRun(hz) => format!("hearth run -F {hz}"),
+            Tool::HearthRun(hz, None) => format!("hearth run -F {hz}"),
+            Tool::HearthRun(hz, Some(unwind)) => format!("hearth run -F {hz} --unwind {unwind}"),
             Tool::Perf(hz) => format!("perf record -a -g -F {hz}"),
             Tool::Bpftrace(hz) => format!("bpftrace profile:hz:{hz}"),
         }
@@ -87,22 +89,23 @@ pub fn start_with(tool: Tool, context: &Context, env: &[(&str, &str)]) -> anyhow
             ],
             None,
         ),
-        Tool::HearthRun(hz) => {
+        Tool::HearthRun(hz, unwind) => {
             let port = free_port();
             metrics_port = Some(port);
-            (
-                vec![
-                    hearth.into(),
-                    "run".into(),
-                    "-F".into(),
-                    hz.to_string(),
-                    "--metrics-listen".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--control-socket".into(),
-                    file("ctl/control.sock"),
-                ],
-                None,
-            )
+            let mut argv: Vec<String> = vec![
+                hearth.into(),
+                "run".into(),
+                "-F".into(),
+                hz.to_string(),
+                "--metrics-listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--control-socket".into(),
+                file("ctl/control.sock"),
+            ];
+            if let Some(unwind) = unwind {
+                argv.extend(["--unwind".into(), unwind.into()]);
+            }
+            (argv, None)
         }
         Tool::Perf(hz) => (
             vec![
@@ -145,7 +148,7 @@ pub fn start_with(tool: Tool, context: &Context, env: &[(&str, &str)]) -> anyhow
     );
     let started = Instant::now();
     let ready = || match (tool, metrics_port, &stdout) {
-        (Tool::HearthRun(_), Some(port), _) => http_get(port, "/readyz").is_some(),
+        (Tool::HearthRun(..), Some(port), _) => http_get(port, "/readyz").is_some(),
         (Tool::Bpftrace(_), _, Some(out)) => {
             std::fs::read_to_string(out).is_ok_and(|t| t.contains("Attaching"))
         }
@@ -205,7 +208,7 @@ impl Watcher {
         });
         let peak = peak_rss(group.pid()).unwrap_or(0);
         let signal = match self.tool {
-            Tool::HearthRun(_) => libc::SIGTERM,
+            Tool::HearthRun(..) => libc::SIGTERM,
             _ => libc::SIGINT,
         };
         group.signal(signal);

@@ -41,7 +41,13 @@ pub struct CpuWork {
 
 impl CpuWork {
     pub fn build(work: &Path, threads: usize, seconds: f64) -> anyhow::Result<Self> {
-        let program = compile(work, "cpu_work", include_str!("cpu_work.c"), &[])?;
+        // As distribution packages are built: the table unwinder's case.
+        let program = compile(
+            work,
+            "cpu_work",
+            include_str!("cpu_work.c"),
+            &["-fomit-frame-pointer"],
+        )?;
         let mut this = Self {
             program,
             threads,

@@ -1,0 +1,312 @@
+//! Which tables the kernel unwinder holds: one compiled table per object
+//! file (by device and inode), shared by every process that maps it, and
+//! one entry per process saying where each of its executable mappings is
+//! and which table covers it. Processes are added when their samples ask
+//! (`SAMPLE_NEEDS_TABLES`), re-read when an address falls outside what the
+//! kernel knows (a `dlopen`, an `exec`), and removed once they exit; a
+//! table goes when the last process mapping its object does.
+
+use std::{
+    collections::hash_map::Entry,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use hearth_common::unwind::{MAX_UNWIND_MAPPINGS, ProcessUnwind, UnwindMapping};
+use procfs::process::{MMPermissions, MMapPath};
+use rustc_hash::FxHashMap;
+
+use super::{
+    alloc::RowAllocator,
+    load::{ObjectKey, compile_file, load_bias},
+};
+use crate::{
+    probes::{ProbeError, UnwindMaps},
+    process::{ProcessKey, live_process},
+};
+
+/// Limits of what the agent loads into the kernel unwinder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnwindLimits {
+    /// Rows one object's table may have; a larger object is walked with
+    /// frame pointers.
+    pub max_rows_per_object: usize,
+    /// Longest time between two reads of one process's mappings while its
+    /// samples keep asking (addresses outside every mapping, such as JIT
+    /// code). The first re-read comes after [`FIRST_REFRESH`], and the wait
+    /// doubles each time a read finds no new mapping, up to this.
+    pub refresh_interval: Duration,
+}
+
+/// Wait before re-reading a process's mappings after a read that found
+/// something new (a `dlopen` is usually followed by more).
+pub const FIRST_REFRESH: Duration = Duration::from_millis(100);
+
+/// When a process may be read again, and the wait after that.
+#[derive(Clone, Copy)]
+struct Retry {
+    at: Instant,
+    wait: Duration,
+}
+
+/// What the registry holds and what it could not load, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindStats {
+    pub processes: u64,
+    pub objects: u64,
+    pub rows: u64,
+    pub row_capacity: u64,
+    /// Objects whose `.eh_frame` could not be compiled (each counted once).
+    pub compile_errors: u64,
+    /// Tables not loaded because the row array was full.
+    pub tables_full: u64,
+    /// Processes not added because the kernel's process map was full.
+    pub processes_full: u64,
+}
+
+struct Table {
+    /// `(first_row, rows)` in the kernel array; rows 0: no table.
+    first_row: u32,
+    rows: u32,
+    /// Processes whose entry points at it.
+    users: u32,
+}
+
+struct Loaded {
+    key: ProcessKey,
+    objects: Vec<ObjectKey>,
+}
+
+pub struct UnwindRegistry {
+    maps: UnwindMaps,
+    limits: UnwindLimits,
+    tables: FxHashMap<ObjectKey, Table>,
+    allocator: RowAllocator,
+    processes: FxHashMap<u32, Loaded>,
+    /// When each tgid may be read again (rate limit).
+    retries: FxHashMap<u32, Retry>,
+    stats: UnwindStats,
+    nanos_per_tick: u64,
+}
+
+impl UnwindRegistry {
+    pub fn new(maps: UnwindMaps, limits: UnwindLimits) -> Self {
+        let capacity = maps.row_capacity();
+        Self {
+            maps,
+            limits,
+            tables: FxHashMap::default(),
+            allocator: RowAllocator::new(capacity),
+            processes: FxHashMap::default(),
+            retries: FxHashMap::default(),
+            stats: UnwindStats {
+                row_capacity: u64::from(capacity),
+                ..UnwindStats::default()
+            },
+            nanos_per_tick: 1_000_000_000 / procfs::ticks_per_second().max(1),
+        }
+    }
+
+    /// Loads or refreshes the tables of the processes whose samples asked,
+    /// each at most once per refresh interval.
+    pub fn serve(&mut self, requests: impl IntoIterator<Item = ProcessKey>) {
+        let now = Instant::now();
+        for key in requests {
+            let retry = self.retries.get(&key.tgid).copied();
+            if retry.is_some_and(|r| now < r.at) {
+                continue;
+            }
+            let before = self.processes.get(&key.tgid).map(|p| p.objects.clone());
+            if let Err(err) = self.load_process(key) {
+                tracing::warn!(pid = key.tgid, %err, "loading unwind tables failed");
+            }
+            let after = self.processes.get(&key.tgid).map(|p| &p.objects);
+            let wait = match retry {
+                Some(retry) if before.as_ref() == after => {
+                    (retry.wait * 2).min(self.limits.refresh_interval)
+                }
+                _ => FIRST_REFRESH,
+            };
+            self.retries.insert(
+                key.tgid,
+                Retry {
+                    at: now + wait,
+                    wait,
+                },
+            );
+        }
+    }
+
+    /// Removes the processes that have exited (or whose PID now names
+    /// another process), and the tables only they used.
+    pub fn reap(&mut self) {
+        let gone: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, loaded)| live_process(loaded.key, self.nanos_per_tick).is_none())
+            .map(|(&tgid, _)| tgid)
+            .collect();
+        for tgid in gone {
+            self.unload_process(tgid);
+        }
+        let now = Instant::now();
+        let processes = &self.processes;
+        self.retries
+            .retain(|tgid, retry| processes.contains_key(tgid) || retry.at > now);
+    }
+
+    pub fn stats(&self) -> UnwindStats {
+        UnwindStats {
+            processes: self.processes.len() as u64,
+            objects: self.tables.values().filter(|t| t.rows > 0).count() as u64,
+            rows: u64::from(self.allocator.used()),
+            ..self.stats
+        }
+    }
+
+    /// Tgids in the kernel's process map (for tests and diagnostics).
+    pub fn kernel_processes(&self) -> Vec<u32> {
+        self.maps.processes()
+    }
+
+    fn load_process(&mut self, key: ProcessKey) -> Result<(), ProbeError> {
+        let Some(process) = live_process(key, self.nanos_per_tick) else {
+            return Ok(()); // gone before it could be read
+        };
+        let Ok(maps) = process.maps() else {
+            return Ok(());
+        };
+        let mut mappings = Vec::new();
+        let mut objects = Vec::new();
+        for map in maps
+            .into_iter()
+            .filter(|m| m.perms.contains(MMPermissions::EXECUTE))
+        {
+            let MMapPath::Path(path) = &map.pathname else {
+                continue; // [vdso], JIT code: frame pointers there
+            };
+            if mappings.len() == MAX_UNWIND_MAPPINGS {
+                break;
+            }
+            let object = ObjectKey {
+                device: ((map.dev.0 as u64) << 32) | (map.dev.1 as u64 & 0xffff_ffff),
+                inode: map.inode,
+            };
+            let read_path = map_file(key.tgid, map.address, path);
+            let Some(bias) = load_bias(&read_path, map.address.0, map.offset) else {
+                continue;
+            };
+            let table = self.table(object, &read_path);
+            mappings.push(UnwindMapping {
+                start: map.address.0,
+                end: map.address.1,
+                bias,
+                first_row: table.0,
+                rows: table.1,
+            });
+            objects.push(object);
+        }
+        let mut entry = ProcessUnwind {
+            start_ns: key.start_ns,
+            exec_id: key.exec_id,
+            count: mappings.len() as u32,
+            mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
+        };
+        mappings.sort_by_key(|m| m.start);
+        entry.mappings[..mappings.len()].copy_from_slice(&mappings);
+        for object in &objects {
+            if let Some(table) = self.tables.get_mut(object) {
+                table.users += 1;
+            }
+        }
+        let result = self.maps.set_process(key.tgid, &entry);
+        let previous = self.processes.insert(key.tgid, Loaded { key, objects });
+        if let Some(previous) = previous {
+            self.release(&previous.objects);
+        }
+        if result.is_err() {
+            self.stats.processes_full += 1;
+            if let Some(loaded) = self.processes.remove(&key.tgid) {
+                self.release(&loaded.objects);
+            }
+        }
+        result
+    }
+
+    /// The table of `object` (compiled and loaded on first use), as
+    /// `(first_row, rows)`; `(0, 0)` when it has none.
+    fn table(&mut self, object: ObjectKey, path: &std::path::Path) -> (u32, u32) {
+        if let Some(table) = self.tables.get(&object) {
+            return (table.first_row, table.rows);
+        }
+        let (first_row, rows) = match compile_file(path, self.limits.max_rows_per_object) {
+            Ok(table) if table.rows.is_empty() => (0, 0),
+            Ok(table) => match self.allocator.allocate(table.rows.len() as u32) {
+                Some(first) => {
+                    self.maps.write_rows(first, &table.rows);
+                    (first, table.rows.len() as u32)
+                }
+                None => {
+                    self.stats.tables_full += 1;
+                    tracing::warn!(
+                        object = %path.display(),
+                        rows = table.rows.len(),
+                        "the unwind row array is full (unwind.max_rows); walking with frame pointers"
+                    );
+                    (0, 0)
+                }
+            },
+            Err(err) => {
+                self.stats.compile_errors += 1;
+                tracing::debug!(object = %path.display(), %err, "no unwind table");
+                (0, 0)
+            }
+        };
+        self.tables.insert(
+            object,
+            Table {
+                first_row,
+                rows,
+                users: 0,
+            },
+        );
+        (first_row, rows)
+    }
+
+    fn unload_process(&mut self, tgid: u32) {
+        if let Err(err) = self.maps.remove_process(tgid) {
+            tracing::debug!(pid = tgid, %err, "removing unwind entry");
+        }
+        if let Some(loaded) = self.processes.remove(&tgid) {
+            self.release(&loaded.objects);
+        }
+    }
+
+    /// Drops one use of each object; a table nobody uses is freed (no
+    /// process entry points at its rows any more).
+    fn release(&mut self, objects: &[ObjectKey]) {
+        for object in objects {
+            let Entry::Occupied(mut entry) = self.tables.entry(*object) else {
+                continue;
+            };
+            let table = entry.get_mut();
+            table.users = table.users.saturating_sub(1);
+            if table.users == 0 {
+                if table.rows > 0 {
+                    self.allocator.free(table.first_row, table.rows);
+                }
+                entry.remove();
+            }
+        }
+    }
+}
+
+/// A path the mapped file can be read from, even from another mount
+/// namespace or after it was deleted.
+fn map_file(tgid: u32, (start, end): (u64, u64), path: &std::path::Path) -> PathBuf {
+    let direct = PathBuf::from(format!("/proc/{tgid}/map_files/{start:x}-{end:x}"));
+    if direct.exists() {
+        return direct;
+    }
+    PathBuf::from(format!("/proc/{tgid}/root")).join(path.strip_prefix("/").unwrap_or(path))
+}

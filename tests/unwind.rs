@@ -1,0 +1,256 @@
+//! Full stacks without frame pointers: fixtures built without them are
+//! profiled by `perf record --call-graph dwarf` and by `hearth record
+//! --unwind dwarf` over the same window. Hearth's split between the two
+//! leaves must match perf's, and nearly every sample must carry the whole
+//! chain from `main` to the leaf. The unwinder's per-process kernel map,
+//! read with `bpftool`, must be empty once the profiled processes exit.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use hearth_tests::{agent::*, cgroups::Cgroups, *};
+
+/// ~5,000 samples from each profiler: one sigma of the split is about
+/// 0.6 points.
+const HZ: u32 = 999;
+const WINDOW_SECONDS: f64 = 5.0;
+const LEAVES: [&str; 2] = ["leaf_a", "leaf_b"];
+/// GCC flags of the C and C++ fixtures: optimized, no frame pointers, and
+/// no merging of the two identical leaves into one symbol.
+const NO_FRAME_POINTERS: [&str; 4] = ["-O2", "-fomit-frame-pointer", "-fno-ipa-icf", "-g"];
+
+/// Profiles `fixture` with perf (DWARF) and hearth (tables) at once and
+/// checks the split and the chains.
+fn check(fixture: &Path, process: &str, chain: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let run_seconds = (WINDOW_SECONDS + 4.0).to_string();
+    let mut target = Running::spawn(fixture, &[&run_seconds, "75"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = target.pid().to_string();
+    let perf_data = dir.path().join("perf.data");
+    let perf = spawn_perf_record_with(target.pid(), WINDOW_SECONDS, HZ, &perf_data, "dwarf");
+    let folded = dir.path().join("out.folded");
+    let recording = spawn_hearth(&[
+        "record",
+        "--pid",
+        &pid,
+        "-F",
+        &HZ.to_string(),
+        "--unwind",
+        "dwarf",
+        "--duration",
+        &format!("{WINDOW_SECONDS}s"),
+        "--output",
+        folded.to_str().unwrap(),
+    ]);
+    let recorded = recording.output_within(Duration::from_secs(60));
+    assert_success(&recorded);
+    let summary = stderr(&recorded);
+    eprintln!("{summary}");
+    assert!(summary.contains("unwind tables:"), "{summary}");
+    let perf = perf.output_within(Duration::from_secs(60));
+    assert!(perf.status.success(), "perf record: {}", stderr(&perf));
+    target.wait_for(Duration::from_secs(30));
+
+    let stacks = read_folded(&folded);
+    let hearth_counts = folded_leaf_counts(&stacks, process, &LEAVES);
+    let perf_counts = perf_leaf_counts(&perf_data, &LEAVES);
+    let (hearth_a, perf_a) = (percent_first(&hearth_counts), percent_first(&perf_counts));
+    eprintln!(
+        "{process}: leaf_a share hearth {hearth_a:.2}% {hearth_counts:?}, \
+         perf --call-graph dwarf {perf_a:.2}% {perf_counts:?}"
+    );
+    assert!(
+        (hearth_a - perf_a).abs() <= 3.0,
+        "hearth gives leaf_a {hearth_a:.2}% of the leaf samples, perf {perf_a:.2}%"
+    );
+    let share = ordered_chain_share(&stacks, process, chain, &LEAVES);
+    eprintln!(
+        "{process}: {:.2}% of samples carry {chain:?} → leaf",
+        share * 100.0
+    );
+    assert!(
+        share >= 0.90,
+        "only {:.1}% of {process}'s samples carry the full chain {chain:?} → leaf",
+        share * 100.0
+    );
+}
+
+#[test]
+fn c_without_frame_pointers() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = build_c("two_leaves.c", dir.path(), &NO_FRAME_POINTERS);
+    check(&fixture, "two_leaves", &["main", "work"]);
+}
+
+#[test]
+fn cpp_with_exceptions() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = build_cpp("exceptions.cpp", dir.path(), &NO_FRAME_POINTERS);
+    check(&fixture, "exceptions", &["main", "work"]);
+}
+
+#[test]
+fn rust_release_without_frame_pointers() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = build_rust(
+        "two_leaves.rs",
+        dir.path(),
+        &["-C", "opt-level=3", "-C", "force-frame-pointers=no", "-g"],
+    );
+    check(
+        &fixture,
+        "two_leaves_rs",
+        &["two_leaves::main", "two_leaves::work"],
+    );
+}
+
+#[test]
+fn qsort_comparator_called_from_libc() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = build_c("qsort_leaf.c", dir.path(), &NO_FRAME_POINTERS);
+    // libc's sort (no frame pointers) sits between work and the comparators.
+    check(&fixture, "qsort_leaf", &["main", "work"]);
+}
+
+#[test]
+fn library_loaded_with_dlopen_after_start() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = build_dlopen_fixture(dir.path());
+    check(&fixture, "dlopen_main", &["main", "work"]);
+}
+
+/// dlopen_main and the libhot.so it loads from its own directory.
+fn build_dlopen_fixture(dir: &Path) -> PathBuf {
+    let library = dir.join("libhot.so");
+    let built = Command::new("gcc")
+        .args(NO_FRAME_POINTERS)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(fixture_source("libhot.c"))
+        .status()
+        .unwrap();
+    assert!(built.success(), "gcc libhot.so");
+    let mut flags = NO_FRAME_POINTERS.to_vec();
+    flags.push("-ldl");
+    build_c("dlopen_main.c", dir, &flags)
+}
+
+/// Tgids in the unwinder's per-process kernel map, read by bpftool (the
+/// kernel truncates map names to 15 characters).
+fn unwinder_map_tgids() -> BTreeSet<u32> {
+    let output = Command::new("bpftool")
+        .args(["--json", "map", "dump", "name", "UNWIND_PROCESSE"])
+        .output()
+        .expect("run bpftool (install it: `cargo xtask setup`)");
+    assert!(output.status.success(), "bpftool: {}", stderr(&output));
+    let entries: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let key: Vec<u8> = entry["key"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+                })
+                .collect();
+            u32::from_ne_bytes(key[..4].try_into().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn per_process_maps_are_empty_after_the_processes_exit() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let c = build_c("two_leaves.c", dir.path(), &NO_FRAME_POINTERS);
+    let cpp = build_cpp("exceptions.cpp", dir.path(), &NO_FRAME_POINTERS);
+    let dlopen = build_dlopen_fixture(dir.path());
+    let mut cgroups = Cgroups::new();
+    let cgroup = cgroups.make(&format!("hearth-unwind-leak-{}", std::process::id()));
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let socket = dir.path().join("control.sock");
+    let agent = spawn_agent(
+        &[
+            "--unwind",
+            "dwarf",
+            "-F",
+            "99",
+            "--metrics-listen",
+            &metrics,
+            "--control-socket",
+            socket.to_str().unwrap(),
+        ],
+        &[(
+            "HEARTH_SCOPE__CGROUPS",
+            cgroup.file_name().unwrap().to_str().unwrap(),
+        )],
+    );
+    wait_ready(metrics_port, Duration::from_secs(20));
+    assert!(
+        unwinder_map_tgids().is_empty(),
+        "entries before any process ran"
+    );
+
+    let fixtures: Vec<Running> = [&c, &cpp, &dlopen, &c]
+        .iter()
+        .map(|program| {
+            let fixture = Running::spawn(program, &["4", "75"]);
+            cgroups.put(&cgroup, fixture.pid());
+            fixture
+        })
+        .collect();
+    let pids: BTreeSet<u32> = fixtures.iter().map(Running::pid).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let loaded = unwinder_map_tgids();
+    eprintln!("while running: fixtures {pids:?}, kernel map {loaded:?}");
+    assert_eq!(loaded, pids, "every fixture, and only they, have entries");
+    let (_, text) = http_get(metrics_port, "/metrics");
+    assert_eq!(
+        metric(&text, "hearth_unwind_processes"),
+        Some(pids.len() as f64)
+    );
+    let objects = metric(&text, "hearth_unwind_objects").unwrap();
+    eprintln!("objects with tables: {objects}");
+    // two_leaves (twice, one table), exceptions, dlopen_main, libhot,
+    // libc, ld.so, libstdc++, libm, libgcc_s: shared, not per process.
+    assert!((8.0..=12.0).contains(&objects), "{objects} objects");
+
+    for mut fixture in fixtures {
+        fixture.wait_for(Duration::from_secs(30));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = unwinder_map_tgids();
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        left = unwinder_map_tgids();
+    }
+    assert!(
+        left.is_empty(),
+        "entries left after every process exited: {left:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1100)); // gauges refresh each second
+    let (_, text) = http_get(metrics_port, "/metrics");
+    assert_eq!(metric(&text, "hearth_unwind_processes"), Some(0.0));
+    assert_eq!(
+        metric(&text, "hearth_unwind_rows"),
+        Some(0.0),
+        "tables freed"
+    );
+    let output = terminate(agent, Duration::from_secs(20));
+    assert!(output.status.success(), "{}", stderr(&output));
+}
