@@ -64,7 +64,7 @@ pub(crate) fn process_tables(
     exec_id: u32,
 ) -> Option<&'static ProcessUnwind> {
     // SAFETY: the entry is only read; the agent replaces whole entries.
-    let entry = unsafe { UNWIND_PROCESSES.get(&tgid) }?;
+    let entry = unsafe { UNWIND_PROCESSES.get(tgid) }?;
     (entry.start_ns == start_ns && entry.exec_id == exec_id).then_some(entry)
 }
 
