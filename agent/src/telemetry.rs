@@ -91,6 +91,13 @@ pub fn advance_to(counter: &Counter, total: u64) {
     }
 }
 
+/// Moves each `reason`'s counter of `family` up to its total.
+fn advance_reasons(family: &Family<ReasonLabel, Counter>, totals: &[(&'static str, u64)]) {
+    for &(reason, total) in totals {
+        advance_to(&family.get_or_create(&ReasonLabel { reason }), total);
+    }
+}
+
 impl Telemetry {
     pub fn new() -> Arc<Self> {
         let mut t = Self::default();
@@ -253,33 +260,30 @@ impl Telemetry {
 
     /// Brings the kernel-side counters up to the totals read from BPF maps.
     pub fn record_kernel(&self, k: &KernelCounters) {
-        let lost = |reason| {
-            self.kernel_samples_lost
-                .get_or_create(&ReasonLabel { reason })
-                .clone()
-        };
-        advance_to(&lost("ring_full"), k.ring_full);
-        advance_to(&lost("filter_full"), k.filter_full);
-        let stack = |reason| {
-            self.stack_errors
-                .get_or_create(&ReasonLabel { reason })
-                .clone()
-        };
-        advance_to(&stack("kernel"), k.kernel_stack_errors);
-        advance_to(&stack("user"), k.user_stack_errors);
-        advance_to(&stack("task_read"), k.task_read_errors);
+        advance_reasons(
+            &self.kernel_samples_lost,
+            &[("ring_full", k.ring_full), ("filter_full", k.filter_full)],
+        );
+        advance_reasons(
+            &self.stack_errors,
+            &[
+                ("kernel", k.kernel_stack_errors),
+                ("user", k.user_stack_errors),
+                ("task_read", k.task_read_errors),
+            ],
+        );
         advance_to(&self.unwind_walks, k.unwind_samples);
-        let stopped = |reason| {
-            self.unwind_stopped
-                .get_or_create(&ReasonLabel { reason })
-                .clone()
-        };
-        advance_to(&stopped("no_table"), k.unwind_no_table);
-        advance_to(&stopped("bad_cfa"), k.unwind_bad_cfa);
-        advance_to(&stopped("read_error"), k.unwind_read_errors);
-        advance_to(&stopped("depth_limit"), k.unwind_depth_limit);
-        advance_to(&stopped("unsupported"), k.unwind_unsupported);
-        advance_to(&stopped("tail_call"), k.unwind_tail_call_errors);
+        advance_reasons(
+            &self.unwind_stopped,
+            &[
+                ("no_table", k.unwind_no_table),
+                ("bad_cfa", k.unwind_bad_cfa),
+                ("read_error", k.unwind_read_errors),
+                ("depth_limit", k.unwind_depth_limit),
+                ("unsupported", k.unwind_unsupported),
+                ("tail_call", k.unwind_tail_call_errors),
+            ],
+        );
     }
 
     /// What the table unwinder holds and could not load.
@@ -288,24 +292,24 @@ impl Telemetry {
         self.unwind_objects.set(u.objects as i64);
         self.unwind_rows.set(u.rows as i64);
         self.unwind_row_capacity.set(u.row_capacity as i64);
-        let not_loaded = |reason| {
-            self.unwind_not_loaded
-                .get_or_create(&ReasonLabel { reason })
-                .clone()
-        };
-        advance_to(&not_loaded("compile_error"), u.compile_errors);
-        advance_to(&not_loaded("rows_full"), u.tables_full);
-        advance_to(&not_loaded("processes_full"), u.processes_full);
+        advance_reasons(
+            &self.unwind_not_loaded,
+            &[
+                ("compile_error", u.compile_errors),
+                ("rows_full", u.tables_full),
+                ("processes_full", u.processes_full),
+            ],
+        );
     }
 
     pub fn record_net(&self, k: &NetCounters, stats: &NetStats) {
-        let lost = |reason| {
-            self.network_events_lost
-                .get_or_create(&ReasonLabel { reason })
-                .clone()
-        };
-        advance_to(&lost("ring_full"), k.ring_full);
-        advance_to(&lost("connect_unmatched"), stats.pending_connects_dropped);
+        advance_reasons(
+            &self.network_events_lost,
+            &[
+                ("ring_full", k.ring_full),
+                ("connect_unmatched", stats.pending_connects_dropped),
+            ],
+        );
     }
 
     pub fn record_dropped(&self, exporter: &'static str, dropped: Dropped) {
