@@ -5,7 +5,7 @@ use std::{fs::File, path::Path};
 
 use object::{Object as _, ObjectSegment as _};
 
-use super::{UnwindError, UnwindTable, compile_elf};
+use super::UnwindError;
 
 /// One object file, however many paths or processes map it.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -14,20 +14,13 @@ pub struct ObjectKey {
     pub inode: u64,
 }
 
-/// Compiles the table of the ELF file at `path`.
-pub fn compile_file(path: &Path, max_rows: usize) -> Result<UnwindTable, UnwindError> {
-    let data = map(path)?;
-    compile_elf(&data, max_rows)
-}
-
-/// `address - bias` is the object's own address for an address in the
+/// `address - bias`: the ELF file `data`'s own address for an address in the
 /// executable mapping of file offset `offset` at `start`; None when no
 /// executable segment holds that offset (or the file cannot be read).
 /// (The page at `offset` may also hold the end of the read-only segment
 /// before it, as lld lays files out.)
-pub fn load_bias(path: &Path, start: u64, offset: u64) -> Option<u64> {
-    let data = map(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
+pub fn load_bias(data: &[u8], start: u64, offset: u64) -> Option<u64> {
+    let file = object::File::parse(data).ok()?;
     let executable = |segment: &object::Segment| matches!(segment.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0);
     file.segments().filter(executable).find_map(|segment| {
         let (file_offset, size) = segment.file_range();
@@ -41,7 +34,8 @@ pub fn load_bias(path: &Path, start: u64, offset: u64) -> Option<u64> {
     })
 }
 
-fn map(path: &Path) -> Result<memmap2::Mmap, UnwindError> {
+/// The file at `path`, mapped read-only.
+pub fn map(path: &Path) -> Result<memmap2::Mmap, UnwindError> {
     let file = File::open(path).map_err(UnwindError::Read)?;
     // SAFETY: read-only; a file truncated underneath would fault, which
     // the loaders of mapped executables (and this) accept: executables in
@@ -52,6 +46,7 @@ fn map(path: &Path) -> Result<memmap2::Mmap, UnwindError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unwind::compile_elf;
 
     #[test]
     fn own_code_maps_back_to_its_elf_address() {
@@ -62,7 +57,8 @@ mod tests {
             .iter()
             .find(|m| m.address.0 <= function && function < m.address.1)
             .unwrap();
-        let bias = load_bias(&exe, map.address.0, map.offset).unwrap();
+        let mapped = super::map(&exe).unwrap();
+        let bias = load_bias(&mapped, map.address.0, map.offset).unwrap();
         let elf_address = function - bias;
         // The function's symbol in the ELF file has that address.
         let data = std::fs::read(&exe).unwrap();
@@ -77,10 +73,10 @@ mod tests {
             "{:?}",
             symbol.name()
         );
-        let table = compile_file(&exe, 10_000_000).unwrap();
+        let table = compile_elf(&mapped, 10_000_000).unwrap();
         assert!(table.lookup(elf_address).is_some());
         assert!(matches!(
-            compile_file(Path::new("/nonexistent/lib.so"), 10),
+            super::map(Path::new("/nonexistent/lib.so")),
             Err(UnwindError::Read(_))
         ));
     }

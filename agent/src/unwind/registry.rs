@@ -18,7 +18,8 @@ use rustc_hash::FxHashMap;
 
 use super::{
     alloc::RowAllocator,
-    load::{ObjectKey, compile_file, load_bias},
+    compile_elf,
+    load::{ObjectKey, load_bias, map as map_object},
 };
 use crate::{
     probes::{ProbeError, UnwindMaps},
@@ -193,10 +194,14 @@ impl UnwindRegistry {
                 inode: map.inode,
             };
             let read_path = map_file(key.tgid, map.address, path);
-            let Some(bias) = load_bias(&read_path, map.address.0, map.offset) else {
+            // Read once: for the bias, and for the table if it is new.
+            let Ok(data) = map_object(&read_path) else {
                 continue;
             };
-            let table = self.table(object, &read_path);
+            let Some(bias) = load_bias(&data, map.address.0, map.offset) else {
+                continue;
+            };
+            let table = self.table(object, &data, &read_path);
             mappings.push(UnwindMapping {
                 start: map.address.0,
                 end: map.address.1,
@@ -235,11 +240,11 @@ impl UnwindRegistry {
 
     /// The table of `object` (compiled and loaded on first use), as
     /// `(first_row, rows)`; `(0, 0)` when it has none.
-    fn table(&mut self, object: ObjectKey, path: &std::path::Path) -> (u32, u32) {
+    fn table(&mut self, object: ObjectKey, data: &[u8], path: &std::path::Path) -> (u32, u32) {
         if let Some(table) = self.tables.get(&object) {
             return (table.first_row, table.rows);
         }
-        let (first_row, rows) = match compile_file(path, self.limits.max_rows_per_object) {
+        let (first_row, rows) = match compile_elf(data, self.limits.max_rows_per_object) {
             Ok(table) if table.rows.is_empty() => (0, 0),
             Ok(table) => match self.allocator.allocate(table.rows.len() as u32) {
                 Some(first) => {
