@@ -237,12 +237,16 @@ pub fn online_cpu_count() -> u64 {
     online_cpus().map_or(1, |cpus| cpus.len() as u64)
 }
 
+/// The system's memory page size.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
 /// Checks a ring-buffer size: a power of two from one page to 1GiB.
 /// Returns the size in bytes, or what is wrong with it.
 pub fn check_ring_buffer_size(size: ByteSize) -> Result<u32, String> {
-    // SAFETY: sysconf has no preconditions.
-    let page =
-        ByteSize(u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096));
+    let page = ByteSize(page_size() as u64);
     if size.0.is_power_of_two() && size >= page && size <= ByteSize(1 << 30) {
         Ok(size.0 as u32)
     } else {

@@ -97,8 +97,7 @@ unsafe impl Send for RowArray {}
 
 impl RowArray {
     fn map(map: MapData, len: u32) -> Result<Self, ProbeError> {
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page = super::page_size();
         let len = len as usize;
         let bytes = (len * size_of::<UnwindRow>()).div_ceil(page) * page;
         // SAFETY: a shared mapping of the array's fd, the way the kernel
