@@ -210,6 +210,10 @@ fn a_full_queue_drops_the_oldest_and_counts_them() {
     let max_bytes = 4096.0;
     let mut env = FAST_RETRY.to_vec();
     env.push(("HEARTH_QUEUE__MAX_BYTES", "4KiB"));
+    // Windows as small as the frame-pointer walk makes them: with full
+    // machine-wide stacks (unwind tables) the final window alone can push
+    // a queued one out at shutdown, after the drop counter was read.
+    env.push(("HEARTH_UNWIND__MODE", "fp"));
     let agent = spawn_agent(
         &[
             "--otlp-endpoint",
