@@ -28,6 +28,18 @@ pub mod telemetry;
 pub mod units;
 pub mod unwind;
 
+/// An error and its causes on one line (`outer: cause: root cause`).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// pprof's `profile.proto` messages, generated at build time from `proto/`.
 #[allow(clippy::all, missing_docs)]
 pub mod pprof_proto {

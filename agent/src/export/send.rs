@@ -100,7 +100,7 @@ pub async fn post(
     }
     let response = request.send().await.map_err(|err| {
         // Connection refused, DNS, TLS, timeouts: the backend may come back.
-        SendError::retryable(format!("POST {url}: {}", error_chain(&err)))
+        SendError::retryable(format!("POST {url}: {}", crate::error_chain(&err)))
     })?;
     let status = response.status();
     if status.is_success() {
@@ -125,17 +125,6 @@ pub async fn post(
     } else {
         Err(SendError::Rejected(reason))
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

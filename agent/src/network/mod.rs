@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     aggregate::{EventTag, StackTable, TagValue},
     event::Event,
-    probes::{NetRecord, RawSample},
+    probes::{NetRecord, RawSample, ReasonNames},
     process::ProcessTable,
 };
 
@@ -25,33 +25,6 @@ pub const DEFAULT_SOCKET_OWNERS: u32 = 65536;
 pub const DEFAULT_CALL_SITES: u32 = 16384;
 /// Default connects waiting for their handshake to end (`network.max_pending_connects`).
 pub const DEFAULT_PENDING_CONNECTS: usize = 4096;
-
-/// Names of kernel enum values (drop and reset reasons), read from BTF.
-#[derive(Clone, Debug, Default)]
-pub struct ReasonNames {
-    pub drops: FxHashMap<u32, String>,
-    pub resets: FxHashMap<u32, String>,
-}
-
-impl ReasonNames {
-    /// The running kernel's names (empty, so numbers are shown, when its
-    /// BTF lacks them).
-    pub fn from_kernel() -> Self {
-        use crate::probes::btf::{KERNEL_BTF_PATH, enum_names};
-        let path = std::path::Path::new(KERNEL_BTF_PATH);
-        Self {
-            drops: enum_names(path, "skb_drop_reason", "SKB_DROP_REASON_"),
-            resets: enum_names(path, "sk_rst_reason", "SK_RST_REASON_"),
-        }
-    }
-
-    fn name(names: &FxHashMap<u32, String>, value: u32) -> String {
-        names
-            .get(&value)
-            .cloned()
-            .unwrap_or_else(|| value.to_string())
-    }
-}
 
 /// The kernel event kinds the given profile events need.
 pub fn kernel_kinds(events: &[Event]) -> Vec<NetEventKind> {
@@ -68,6 +41,24 @@ pub fn kernel_kinds(events: &[Event]) -> Vec<NetEventKind> {
         });
     }
     kinds
+}
+
+/// The events among `events` that need a kind the kernel refused, each
+/// with the kernel's reason.
+pub fn refused_events(
+    events: &[Event],
+    refused: &[(NetEventKind, String)],
+) -> Vec<(Event, String)> {
+    events
+        .iter()
+        .filter_map(|&event| {
+            let kinds = kernel_kinds(&[event]);
+            refused
+                .iter()
+                .find(|(kind, _)| kinds.contains(kind))
+                .map(|(_, reason)| (event, reason.clone()))
+        })
+        .collect()
 }
 
 /// Counts of what the aggregator could not use.

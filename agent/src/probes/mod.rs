@@ -2,18 +2,18 @@
 //! ring buffer they write samples to. First stage of the data's way.
 
 pub mod btf;
+mod kernel;
 mod net;
 mod ring;
 mod sample;
 mod unwind;
 
-use std::path::Path;
-
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent, ProgramError, RawTracePoint,
+        FExit, PerfEvent, ProgramError, RawTracePoint,
+        fexit::FExitLinkId,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
@@ -29,6 +29,7 @@ use hearth_common::{
 
 use crate::units::ByteSize;
 
+pub use kernel::{KernelSupport, ReasonNames, SocketHooks, kernel_release};
 pub use net::{NetCounters, NetRecord, NetSettings, encode as encode_net_record};
 pub use ring::SampleRing;
 pub use sample::{RawSample, SampleDecodeError, comm_to_str, encode as encode_sample};
@@ -46,41 +47,6 @@ const NET_COUNTERS: &str = "NET_COUNTERS";
 const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
 const CALL_SITES: &str = "CALL_SITES";
 const STACK_GENERATION: &str = "STACK_GENERATION";
-
-/// The network programs, their tracepoints, and the kinds that need them
-/// (empty: always attached when any network event is wanted, because they
-/// learn which process owns a socket).
-const NET_PROGRAMS: [(&str, &str, Option<NetEventKind>); 7] = [
-    ("net_send", "sock_send_length", None),
-    ("net_recv", "sock_recv_length", None),
-    ("net_state", "inet_sock_set_state", None),
-    (
-        "net_retransmit",
-        "tcp_retransmit_skb",
-        Some(NetEventKind::Retransmit),
-    ),
-    (
-        "net_send_reset",
-        "tcp_send_reset",
-        Some(NetEventKind::ResetSent),
-    ),
-    (
-        "net_receive_reset",
-        "tcp_receive_reset",
-        Some(NetEventKind::ResetReceived),
-    ),
-    ("net_drop", "kfree_skb", Some(NetEventKind::Drop)),
-];
-
-/// (program, tracepoint) of the network programs `emit` needs.
-fn wanted_net_programs(
-    emit: &[NetEventKind],
-) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
-    NET_PROGRAMS
-        .into_iter()
-        .filter(move |(_, _, kind)| kind.is_none_or(|kind| emit.contains(&kind)))
-        .map(|(name, tracepoint, _)| (name, tracepoint))
-}
 
 /// How the probes are set up at load time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +89,8 @@ pub enum ProbeError {
         "the eBPF object has no {0}; the build is inconsistent, rebuild with `cargo build --release`"
     )]
     Missing(&'static str),
+    #[error("the kernel's BTF cannot be parsed for fexit programs")]
+    KernelBtf(#[source] aya::BtfError),
     #[error("preparing program {program} failed")]
     Program {
         program: &'static str,
@@ -320,8 +288,17 @@ impl KernelCounters {
 pub struct Probes {
     ebpf: Ebpf,
     settings: ProbeSettings,
+    support: KernelSupport,
+    /// The network programs loaded, and the kinds this kernel cannot serve.
+    net_programs: Vec<kernel::NetProgram>,
+    refused: Vec<(NetEventKind, String)>,
     links: Vec<PerfEventLinkId>,
-    net_links: Vec<(&'static str, RawTracePointLinkId)>,
+    net_links: Vec<(&'static str, NetLink)>,
+}
+
+enum NetLink {
+    RawTracepoint(RawTracePointLinkId),
+    Fexit(FExitLinkId),
 }
 
 /// The programs wake the agent once 1/WAKEUP_FRACTION of their ring is
@@ -336,8 +313,10 @@ const UNUSED_RING_BYTES: u32 = 4096;
 impl Probes {
     /// Loads the programs and maps; nothing is attached and nothing sampled yet.
     pub fn load(settings: &ProbeSettings) -> Result<Self, ProbeError> {
-        let btf_path = Path::new(btf::KERNEL_BTF_PATH);
-        let (task, regs) = btf::task_offsets(btf_path)?;
+        let btf = btf::KernelBtf::running()?;
+        let support = KernelSupport::detect(&btf)?;
+        tracing::debug!("{}", support.describe());
+        let (task, regs) = btf.task_offsets()?;
         let tables = settings.cpu && settings.unwind_mode != UnwindMode::FramePointers;
         let config = SamplerConfig {
             task,
@@ -345,9 +324,8 @@ impl Probes {
             skip_kernel_stack: u8::from(!settings.kernel_stacks),
             filter_cgroups: u8::from(settings.cgroup_capacity.is_some()),
             unwind_mode: settings.unwind_mode as u8,
-            regs_ip: regs.ip,
-            regs_sp: regs.sp,
-            regs_bp: regs.bp,
+            regs,
+            _pad: 0,
             ignored_tgid: if settings.ignore_own_process {
                 std::process::id()
             } else {
@@ -357,7 +335,7 @@ impl Probes {
         };
         let net_config = match &settings.network {
             Some(net) => NetConfig {
-                sock: btf::sock_offsets(btf_path)?,
+                sock: btf.sock_offsets()?,
                 emit: net.emit.iter().fold(0, |mask, kind| mask | kind.bit()),
                 user_stacks: u32::from(net.user_stacks),
                 wakeup_bytes: (net.ring_buffer_bytes / WAKEUP_FRACTION).max(1),
@@ -366,9 +344,16 @@ impl Probes {
             None => NetConfig::default(),
         };
         let net = settings.network.as_ref();
+        let (mut net_programs, mut refused) = match net {
+            Some(net) => support.net_programs(&net.emit),
+            None => Default::default(),
+        };
+        drop(btf);
         let mut ebpf = EbpfLoader::new()
             .override_global("SAMPLER_CONFIG", &config, true)
             .override_global("NET_CONFIG", &net_config, true)
+            .override_global("USER_REGS_STACK_OFFSET", &support.regs_stack_offset, true)
+            .override_global("NET_HOOK_ARGS", &support.net_hook_args, true)
             .map_max_entries(
                 SAMPLES_RING,
                 if settings.cpu {
@@ -414,15 +399,7 @@ impl Probes {
         if tables {
             load_unwinder(&mut ebpf)?;
         }
-        if let Some(net) = net {
-            for (name, _) in wanted_net_programs(&net.emit) {
-                let program: &mut RawTracePoint = program(&mut ebpf, name)?;
-                program.load().map_err(|source| ProbeError::Program {
-                    program: name,
-                    source,
-                })?;
-            }
-        }
+        load_net_programs(&mut ebpf, &mut net_programs, &mut refused)?;
         if settings.filter_processes {
             // Only needed to follow descendants; unfiltered sampling skips its cost.
             let fork: &mut RawTracePoint = program(&mut ebpf, "track_fork")?;
@@ -440,6 +417,9 @@ impl Probes {
         Ok(Self {
             ebpf,
             settings: settings.clone(),
+            support,
+            net_programs,
+            refused,
             links: Vec::new(),
             net_links: Vec::new(),
         })
@@ -501,17 +481,23 @@ impl Probes {
     /// Attaches the network programs to their tracepoints, and the CPU
     /// sampler to a software cpu-clock event on every online CPU.
     pub fn start(&mut self) -> Result<(), ProbeError> {
-        if let Some(net) = &self.settings.network {
-            for (name, tracepoint) in wanted_net_programs(&net.emit.clone()) {
-                let program: &mut RawTracePoint = program(&mut self.ebpf, name)?;
-                let link = program
-                    .attach(tracepoint)
-                    .map_err(|source| ProbeError::Program {
-                        program: name,
-                        source,
-                    })?;
-                self.net_links.push((name, link));
-            }
+        for net in self.net_programs.clone() {
+            let name = net.name;
+            let failed = |source| ProbeError::Program {
+                program: name,
+                source,
+            };
+            let link = match net.hook {
+                kernel::Hook::RawTracepoint(tracepoint) => {
+                    let program: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+                    NetLink::RawTracepoint(program.attach(tracepoint).map_err(failed)?)
+                }
+                kernel::Hook::Fexit(_) => {
+                    let program: &mut FExit = program(&mut self.ebpf, name)?;
+                    NetLink::Fexit(program.attach().map_err(failed)?)
+                }
+            };
+            self.net_links.push((name, link));
         }
         if !self.settings.cpu {
             return Ok(());
@@ -540,11 +526,20 @@ impl Probes {
     /// Detaches everything; records already in the rings stay readable.
     pub fn stop(&mut self) -> Result<(), ProbeError> {
         for (name, link) in std::mem::take(&mut self.net_links) {
-            let program: &mut RawTracePoint = program(&mut self.ebpf, name)?;
-            program.detach(link).map_err(|source| ProbeError::Program {
+            let failed = |source| ProbeError::Program {
                 program: name,
                 source,
-            })?;
+            };
+            match link {
+                NetLink::RawTracepoint(link) => {
+                    let program: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+                    program.detach(link).map_err(failed)?;
+                }
+                NetLink::Fexit(link) => {
+                    let program: &mut FExit = program(&mut self.ebpf, name)?;
+                    program.detach(link).map_err(failed)?;
+                }
+            }
         }
         if self.links.is_empty() {
             return Ok(());
@@ -557,6 +552,17 @@ impl Probes {
             })?;
         }
         Ok(())
+    }
+
+    /// What the running kernel offers, as detected at load.
+    pub fn kernel(&self) -> &KernelSupport {
+        &self.support
+    }
+
+    /// Network event kinds this kernel cannot serve, each with the reason;
+    /// everything else runs.
+    pub fn refused_kinds(&self) -> &[(NetEventKind, String)] {
+        &self.refused
     }
 
     /// Number of CPUs the sampler is attached to (0 when stopped).
@@ -624,6 +630,59 @@ impl Probes {
         }
         Ok(totals)
     }
+}
+
+/// Loads the network programs. fexit programs (the send and receive hooks
+/// of kernels without the socket tracepoints) need BPF trampolines, which
+/// some kernel configurations lack: if they fail to load, sends and
+/// receives are refused and the other events go on.
+fn load_net_programs(
+    ebpf: &mut Ebpf,
+    programs: &mut Vec<kernel::NetProgram>,
+    refused: &mut Vec<(NetEventKind, String)>,
+) -> Result<(), ProbeError> {
+    let mut kernel_btf = None;
+    let mut fexit_failure = None;
+    for net in programs.iter() {
+        let name = net.name;
+        let failed = |source| ProbeError::Program {
+            program: name,
+            source,
+        };
+        match net.hook {
+            kernel::Hook::RawTracepoint(_) => {
+                let program: &mut RawTracePoint = program(ebpf, name)?;
+                program.load().map_err(failed)?;
+            }
+            kernel::Hook::Fexit(function) => {
+                if fexit_failure.is_some() {
+                    continue;
+                }
+                let btf = match &kernel_btf {
+                    Some(btf) => btf,
+                    None => {
+                        kernel_btf.insert(aya::Btf::from_sys_fs().map_err(ProbeError::KernelBtf)?)
+                    }
+                };
+                let program: &mut FExit = program(ebpf, name)?;
+                if let Err(err) = program.load(function, btf) {
+                    fexit_failure = Some(format!(
+                        "this kernel ({}) has no socket tracepoints (Linux 6.3 and later), and \
+                         fexit on {function} failed to load: {}",
+                        kernel_release(),
+                        crate::error_chain(&err)
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(reason) = fexit_failure {
+        programs.retain(|p| !matches!(p.hook, kernel::Hook::Fexit(_)));
+        for kind in [NetEventKind::Send, NetEventKind::Receive] {
+            refused.push((kind, reason.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Loads `cpu_unwind` and puts it where `cpu_sample` tail-calls it.

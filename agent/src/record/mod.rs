@@ -22,7 +22,7 @@ pub use targets::TargetError;
 use crate::{
     event::Event,
     export::{self, OutputFormat, SvgOptions},
-    network::{self, NetAggregator, ReasonNames},
+    network::{self, NetAggregator},
     pipeline::{Pipeline, drain_cpu, drain_network},
     preflight,
     probes::{
@@ -117,6 +117,9 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         },
     })
     .context("loading the probes")?;
+    for (event, reason) in network::refused_events(&network_events, sampler.refused_kinds()) {
+        eprintln!("hearth: event `{event}` is not recorded: {reason}; the other events are");
+    }
     let mut unwinder = sampler.take_unwind_maps()?.map(|maps| {
         UnwindRegistry::new(
             maps,
@@ -138,7 +141,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
             &network_events,
             network::DEFAULT_PENDING_CONNECTS,
             network::DEFAULT_CALL_SITES as usize,
-            ReasonNames::from_kernel(),
+            sampler.kernel().reasons.clone(),
         ));
     }
 

@@ -26,7 +26,7 @@ use crate::{
     control,
     event::Event,
     export::{otlp::OtlpClient, pyroscope::PyroscopeClient, resource::ResourceNamer},
-    network::{self, NetAggregator, ReasonNames},
+    network::{self, NetAggregator},
     pipeline::{Pipeline, WindowLimits, drain_cpu, drain_network},
     preflight,
     probes::{
@@ -215,6 +215,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     })
     .context("loading the probes")?;
+    for (event, reason) in network::refused_events(&network_events, sampler.refused_kinds()) {
+        tracing::warn!("event `{event}` is not profiled: {reason}; the other events are");
+    }
     let mut unwinder = sampler.take_unwind_maps()?.map(|maps| {
         UnwindRegistry::new(
             maps,
@@ -239,7 +242,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &network_events,
             config.network.max_pending_connects,
             config.network.call_sites as usize,
-            ReasonNames::from_kernel(),
+            sampler.kernel().reasons.clone(),
         ));
     }
     let host_name = ResourceNamer::system_host_name();

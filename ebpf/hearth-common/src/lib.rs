@@ -82,9 +82,26 @@ pub struct TaskOffsets {
     pub group_leader: u32,
     pub start_boottime: u32,
     pub self_exec_id: u32,
-    pub _pad: u32,
+    /// `task_struct.stack`: the base of the task's kernel stack, below the
+    /// saved user registers (read only where the kernel has no
+    /// `bpf_task_pt_regs`).
+    pub stack: u32,
 }
 const _: () = assert!(core::mem::size_of::<TaskOffsets>() == 24);
+
+/// `pt_regs` offsets of the user registers the kernel programs read, from
+/// BTF. Where the `pt_regs` itself is found is the kernel programs'
+/// `USER_REGS_STACK_OFFSET` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserRegsLayout {
+    /// `pt_regs.ip`, `.sp`, `.bp` and `.cs`.
+    pub ip: u32,
+    pub sp: u32,
+    pub bp: u32,
+    pub cs: u32,
+}
+const _: () = assert!(core::mem::size_of::<UserRegsLayout>() == 16);
 
 /// Load-time settings of the CPU sampler, read-only in the kernel.
 #[repr(C)]
@@ -104,12 +121,11 @@ pub struct SamplerConfig {
     /// Wake the agent only once this many bytes wait in the ring (it also
     /// drains on a timer); 0: the ring's default, a wakeup per sample.
     pub wakeup_bytes: u32,
-    /// `pt_regs` offsets of the instruction, stack and frame pointers.
-    pub regs_ip: u32,
-    pub regs_sp: u32,
-    pub regs_bp: u32,
+    pub _pad: u32,
+    /// Where the user registers are.
+    pub regs: UserRegsLayout,
 }
-const _: () = assert!(core::mem::size_of::<SamplerConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<SamplerConfig>() == 56);
 
 /// Slots of the per-CPU `COUNTERS` array.
 #[repr(u32)]
@@ -169,6 +185,7 @@ mod user {
     // SAFETY: plain-old-data, repr(C), no padding left implicit.
     unsafe impl aya::Pod for super::TaskOffsets {}
     unsafe impl aya::Pod for super::SamplerConfig {}
+    unsafe impl aya::Pod for super::UserRegsLayout {}
     unsafe impl aya::Pod for super::net::NetConfig {}
     unsafe impl aya::Pod for super::unwind::UnwindRow {}
     unsafe impl aya::Pod for super::unwind::ProcessUnwind {}

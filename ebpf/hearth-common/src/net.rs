@@ -137,13 +137,11 @@ pub struct SockOffsets {
     pub skb_sk: u32,
     /// `sk_buff.cb` plus `tcp_skb_cb.tcp_gso_segs` (u16): segments in a TCP skb.
     pub skb_gso_segs: u32,
-    /// `pt_regs.ip`, `pt_regs.sp`, `pt_regs.bp`: the user registers saved at
-    /// system call entry.
-    pub regs_ip: u32,
-    pub regs_sp: u32,
-    pub regs_bp: u32,
+    /// `socket.sk`: the `struct sock` of a `struct socket` (read by the
+    /// send and receive hooks of kernels without the socket tracepoints).
+    pub socket_sk: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 40);
 
 /// Load-time settings of the network programs.
 #[repr(C)]
@@ -160,7 +158,26 @@ pub struct NetConfig {
     pub wakeup_bytes: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<NetConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<NetConfig>() == 56);
+
+/// Bits of the kernel programs' `NET_HOOK_ARGS` global: the tracepoint
+/// arguments this kernel passes beyond those every kernel from 5.10 has,
+/// learned from BTF at load time. An argument a kernel lacks is never read
+/// (the verifier refuses to attach a program that reads past the last one).
+pub mod hooks {
+    /// `kfree_skb` passes the drop reason (Linux 5.17 and later; 5.10 has
+    /// no reasons).
+    pub const DROP_REASON: u32 = 1;
+    /// `kfree_skb` passes the receiving socket (Debian's 6.12 has it, 6.1
+    /// does not).
+    pub const DROP_RX_SOCKET: u32 = 2;
+    /// `tcp_send_reset` passes the reset reason (Linux 6.10 and later).
+    pub const RESET_REASON: u32 = 4;
+    /// `tcp_retransmit_skb` passes the transmit error (6.18 and 7.2 do,
+    /// Debian's 6.12 does not); before, it fires for segments that went
+    /// out only.
+    pub const RETRANSMIT_ERROR: u32 = 8;
+}
 
 /// Who owns a socket: learned in task context (send, receive, connect) and
 /// used for events that fire in softirq or timer context.

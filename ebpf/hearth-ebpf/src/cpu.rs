@@ -7,8 +7,7 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack,
-        bpf_ktime_get_ns, bpf_task_pt_regs,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
     },
     macros::{map, perf_event, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -16,13 +15,13 @@ use aya_ebpf::{
 };
 use hearth_common::{
     Counter, CpuSample, MAX_STACK_DEPTH, SAMPLE_NEEDS_TABLES, SamplerConfig, TaskOffsets,
-    record_size,
+    UserRegsLayout, record_size,
     unwind::{UnwindMode, UnwindOutcome},
 };
 
 use crate::{
     ring::wakeup_flags,
-    task::{process_identity, read_field},
+    task::{process_identity, read_field, user_registers},
     unwind::{process_tables, start_walk},
 };
 
@@ -32,7 +31,7 @@ const NO_OFFSETS: TaskOffsets = TaskOffsets {
     group_leader: 0,
     start_boottime: 0,
     self_exec_id: 0,
-    _pad: 0,
+    stack: 0,
 };
 
 /// Set by the agent at load time.
@@ -45,9 +44,13 @@ pub(crate) static SAMPLER_CONFIG: Global<SamplerConfig> = Global::new(SamplerCon
     unwind_mode: 0,
     ignored_tgid: 0,
     wakeup_bytes: 0,
-    regs_ip: 0,
-    regs_sp: 0,
-    regs_bp: 0,
+    _pad: 0,
+    regs: UserRegsLayout {
+        ip: 0,
+        sp: 0,
+        bp: 0,
+        cs: 0,
+    },
 });
 
 /// Byte size is set by the agent (`ring_buffer_bytes`).
@@ -67,7 +70,7 @@ static CGROUP_ALLOW: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 /// Where a sample is assembled before its used part is copied to the ring
-/// (a record carries only the frames it has, not two 127-frame arrays).
+/// (a record carries only the frames it has, not the whole frame array).
 #[map]
 pub(crate) static SCRATCH: PerCpuArray<CpuSample> = PerCpuArray::with_max_entries(1, 0);
 
@@ -190,33 +193,6 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
         submit(sample, kernel, user);
     }
 }
-
-/// The current thread's user registers (instruction, stack and frame
-/// pointers) as saved when it entered the kernel or was interrupted; None
-/// for kernel threads.
-#[inline(always)]
-fn user_registers(config: &SamplerConfig) -> Option<(u64, u64, u64)> {
-    // SAFETY: the current task's saved registers, read at BTF offsets.
-    unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        if regs.is_null() {
-            return None;
-        }
-        let ip: u64 = read_field(regs, config.regs_ip).ok()?;
-        if ip == 0 || ip >= USER_SPACE_END {
-            return None;
-        }
-        Some((
-            ip,
-            read_field(regs, config.regs_sp).ok()?,
-            read_field(regs, config.regs_bp).ok()?,
-        ))
-    }
-}
-
-/// x86-64 user addresses are below this (47-bit address space; 57 with
-/// five-level paging).
-const USER_SPACE_END: u64 = 1 << 57;
 
 /// Writes the used part of this CPU's scratch sample to the ring: its
 /// header, `kernel` kernel frames and `user` user frames.

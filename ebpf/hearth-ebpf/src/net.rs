@@ -10,19 +10,18 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack,
-        bpf_ktime_get_ns, bpf_task_pt_regs,
+        bpf_get_current_task, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
     },
-    macros::{map, raw_tracepoint},
+    macros::{fexit, map, raw_tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::RawTracePointContext,
+    programs::{FExitContext, RawTracePointContext},
 };
 use hearth_common::{
     MAX_STACK_DEPTH, SampleHeader,
     net::{
         AF_INET, AF_INET6, CallSite, FLAG_FROM_OWNER, FLAG_SAME_STACK, NET_INFO_BYTES, NetConfig,
         NetCounter, NetEvent, NetEventKind, SockOffsets, SocketOwner, TCP_CLOSE, TCP_ESTABLISHED,
-        TCP_SYN_SENT,
+        TCP_SYN_SENT, hooks,
     },
     record_size,
 };
@@ -30,7 +29,7 @@ use hearth_common::{
 use crate::{
     cpu::{SAMPLER_CONFIG, cgroup_allowed, is_traced},
     ring::wakeup_flags,
-    task::{process_identity, read_field},
+    task::{process_identity, read_field, user_registers},
 };
 
 const NO_SOCK_OFFSETS: SockOffsets = SockOffsets {
@@ -43,9 +42,7 @@ const NO_SOCK_OFFSETS: SockOffsets = SockOffsets {
     remote_v6: 0,
     skb_sk: 0,
     skb_gso_segs: 0,
-    regs_ip: 0,
-    regs_sp: 0,
-    regs_bp: 0,
+    socket_sk: 0,
 };
 
 /// Set by the agent at load time.
@@ -57,6 +54,18 @@ static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
     wakeup_bytes: 0,
     _pad: 0,
 });
+
+/// Set by the agent at load time: [`hooks`] bits, the tracepoint arguments
+/// this kernel passes beyond those of 5.10. A global of its own, tested
+/// right where it is read, so the verifier sees a constant and never
+/// explores a read past a tracepoint's last argument.
+#[unsafe(no_mangle)]
+static NET_HOOK_ARGS: Global<u32> = Global::new(0);
+
+#[inline(always)]
+fn has_arg(bit: u32) -> bool {
+    NET_HOOK_ARGS.load() & bit != 0
+}
 
 /// Byte size is set by the agent (`network.ring_buffer`).
 #[map]
@@ -201,21 +210,14 @@ fn submit(event: &NetEvent, frames: usize, batch: bool) -> bool {
 /// user registers.
 #[inline(always)]
 fn call_site(sk: *const u8) -> Option<CallSite> {
-    let offsets = NET_CONFIG.load().sock;
-    // SAFETY: the current task's saved user registers, read at BTF offsets.
-    unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-        if regs.is_null() {
-            return None;
-        }
-        Some(CallSite {
-            socket: sk as u64,
-            ip: read_field(regs, offsets.regs_ip).ok()?,
-            sp: read_field(regs, offsets.regs_sp).ok()?,
-            bp: read_field(regs, offsets.regs_bp).ok()?,
-            generation: STACK_GENERATION.get(0).copied().unwrap_or(0),
-        })
-    }
+    let (ip, sp, bp) = user_registers(&SAMPLER_CONFIG.load())?;
+    Some(CallSite {
+        socket: sk as u64,
+        ip,
+        sp,
+        bp,
+        generation: STACK_GENERATION.get(0).copied().unwrap_or(0),
+    })
 }
 
 /// An event in the task that caused it (send, receive, connect): learns
@@ -435,33 +437,82 @@ fn owner_event<C: EbpfContext>(
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn net_send(ctx: RawTracePointContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
-    let ret: i64 = ctx.arg::<i32>(1).into();
-    if ret > 0 {
-        task_event(&ctx, SLOT_SEND, NetEventKind::Send, sk, ret as u64);
-    }
+    sent(&ctx, ctx.arg(0), ctx.arg(1));
     0
 }
 
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn net_recv(ctx: RawTracePointContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
-    let ret: i64 = ctx.arg::<i32>(1).into();
-    let flags: u32 = ctx.arg(2);
-    if ret > 0 && flags & MSG_PEEK == 0 {
-        task_event(&ctx, SLOT_RECV, NetEventKind::Receive, sk, ret as u64);
-    }
+    received(&ctx, ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
-/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err)`.
+// Kernels without the socket tracepoints: the same values where they come
+// from. `sock_sendmsg_nosec` and `sock_recvmsg_nosec` fire those
+// tracepoints with what the protocol family's sendmsg/recvmsg returned,
+// and for IPv4 and IPv6 sockets those are these four functions.
+
+/// `int inet_sendmsg(struct socket *sock, struct msghdr *msg, size_t size)`.
+#[fexit(function = "inet_sendmsg")]
+pub fn net_send_inet(ctx: FExitContext) -> i32 {
+    sent(&ctx, socket_sock(ctx.arg(0)), ctx.arg(3));
+    0
+}
+
+/// `int inet6_sendmsg(struct socket *sock, struct msghdr *msg, size_t size)`.
+#[fexit(function = "inet6_sendmsg")]
+pub fn net_send_inet6(ctx: FExitContext) -> i32 {
+    sent(&ctx, socket_sock(ctx.arg(0)), ctx.arg(3));
+    0
+}
+
+/// `int inet_recvmsg(struct socket *sock, struct msghdr *msg, size_t size, int flags)`.
+#[fexit(function = "inet_recvmsg")]
+pub fn net_recv_inet(ctx: FExitContext) -> i32 {
+    received(&ctx, socket_sock(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
+    0
+}
+
+/// `int inet6_recvmsg(struct socket *sock, struct msghdr *msg, size_t size, int flags)`.
+#[fexit(function = "inet6_recvmsg")]
+pub fn net_recv_inet6(ctx: FExitContext) -> i32 {
+    received(&ctx, socket_sock(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
+    0
+}
+
+/// The `struct sock` of a `struct socket`.
+#[inline(always)]
+fn socket_sock(socket: *const u8) -> *const u8 {
+    let offsets = NET_CONFIG.load().sock;
+    // SAFETY: `socket` is the traced function's socket; offset from BTF.
+    unsafe { read_field(socket, offsets.socket_sk) }.unwrap_or(core::ptr::null())
+}
+
+/// A send that returned `ret` (bytes, or a negative error).
+#[inline(always)]
+fn sent<C: EbpfContext>(ctx: &C, sk: *const u8, ret: i32) {
+    if ret > 0 && !sk.is_null() {
+        task_event(ctx, SLOT_SEND, NetEventKind::Send, sk, ret as u64);
+    }
+}
+
+/// A receive with `flags` that returned `ret`; peeked bytes stay in the
+/// socket and are counted when read.
+#[inline(always)]
+fn received<C: EbpfContext>(ctx: &C, sk: *const u8, ret: i32, flags: u32) {
+    if ret > 0 && flags & MSG_PEEK == 0 && !sk.is_null() {
+        task_event(ctx, SLOT_RECV, NetEventKind::Receive, sk, ret as u64);
+    }
+}
+
+/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb, int err)`;
+/// kernels without `err` fire it for segments that went out only.
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn net_retransmit(ctx: RawTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let skb: *const u8 = ctx.arg(1);
-    let err: i32 = ctx.arg(2);
-    if err != 0 {
+    if has_arg(hooks::RETRANSMIT_ERROR) && ctx.arg::<i32>(2) != 0 {
         return 0; // not sent, and not counted in RetransSegs either
     }
     let offsets = NET_CONFIG.load().sock;
@@ -480,12 +531,17 @@ pub fn net_retransmit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason)`;
-/// `sk` is NULL when the reset answers a packet no socket wanted.
+/// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason)`
+/// (no `reason` before 6.10); `sk` is NULL when the reset answers a packet
+/// no socket wanted.
 #[raw_tracepoint(tracepoint = "tcp_send_reset")]
 pub fn net_send_reset(ctx: RawTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
-    let reason: u32 = ctx.arg(2);
+    let reason: u32 = if has_arg(hooks::RESET_REASON) {
+        ctx.arg(2)
+    } else {
+        0
+    };
     owner_event(
         &ctx,
         SLOT_SEND_RESET,
@@ -538,12 +594,21 @@ pub fn net_state(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`.
+/// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`
+/// (5.10: no `reason`; before 6.12: no `rx_sk`).
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn net_drop(ctx: RawTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
-    let reason: u32 = ctx.arg(2);
-    let mut sk: *const u8 = ctx.arg(3);
+    let reason: u32 = if has_arg(hooks::DROP_REASON) {
+        ctx.arg(2)
+    } else {
+        0
+    };
+    let mut sk: *const u8 = if has_arg(hooks::DROP_RX_SOCKET) {
+        ctx.arg(3)
+    } else {
+        core::ptr::null()
+    };
     if sk.is_null() {
         let offsets = NET_CONFIG.load().sock;
         // SAFETY: `skb` is the freed skb; offset from BTF.

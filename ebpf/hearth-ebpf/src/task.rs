@@ -1,7 +1,13 @@
-//! Reads of `task_struct` fields at offsets the agent learned from BTF.
+//! Reads of `task_struct` fields at offsets the agent learned from BTF, and
+//! of the current task's saved user registers.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
-use hearth_common::TaskOffsets;
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs,
+    },
+};
+use hearth_common::{SamplerConfig, TaskOffsets};
 
 /// Reads a `T` at `offset` bytes into the kernel object at `base`.
 ///
@@ -24,5 +30,60 @@ pub fn process_identity(task: *const u8, offsets: &TaskOffsets) -> Result<(u64, 
         // half is the first four bytes on little-endian, enough to tell execs apart.
         let exec_id: u32 = read_field(task, offsets.self_exec_id)?;
         Ok((start, exec_id))
+    }
+}
+
+/// Set by the agent at load time: 0 where the kernel has
+/// `bpf_task_pt_regs` (Linux 5.15 and later); otherwise the distance from
+/// `task_struct.stack` to the task's saved user registers
+/// (`THREAD_SIZE - sizeof(struct pt_regs)` on x86-64). A global of its own,
+/// read right where it is tested, so that every verifier (5.10's too) sees
+/// it as a constant and drops the branch with the helper its kernel lacks.
+#[unsafe(no_mangle)]
+static USER_REGS_STACK_OFFSET: Global<u32> = Global::new(0);
+
+/// x86-64 user addresses are below this (47-bit address space; 57 with
+/// five-level paging).
+const USER_SPACE_END: u64 = 1 << 57;
+
+/// The current thread's user registers (instruction, stack and frame
+/// pointers) as saved when it entered the kernel or was interrupted; None
+/// for kernel threads.
+#[inline(always)]
+pub fn user_registers(config: &SamplerConfig) -> Option<(u64, u64, u64)> {
+    let layout = &config.regs;
+    let stack_offset = USER_REGS_STACK_OFFSET.load();
+    // SAFETY: the current task's saved registers, read at BTF offsets with
+    // checked reads.
+    unsafe {
+        let regs = if stack_offset == 0 {
+            bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8
+        } else {
+            let task = bpf_get_current_task() as *const u8;
+            let stack: *const u8 = read_field(task, config.task.stack).ok()?;
+            if stack.is_null() {
+                return None;
+            }
+            let regs = stack.add(stack_offset as usize);
+            // Only a frame saved on entry from user mode has user registers
+            // (kernel threads have none).
+            let cs: u64 = read_field(regs, layout.cs).ok()?;
+            if cs & 3 != 3 {
+                return None;
+            }
+            regs
+        };
+        if regs.is_null() {
+            return None;
+        }
+        let ip: u64 = read_field(regs, layout.ip).ok()?;
+        if ip == 0 || ip >= USER_SPACE_END {
+            return None;
+        }
+        Some((
+            ip,
+            read_field(regs, layout.sp).ok()?,
+            read_field(regs, layout.bp).ok()?,
+        ))
     }
 }

@@ -11,7 +11,7 @@
 //! address the frame pointer is followed instead.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_MMAPABLE,
     helpers::bpf_probe_read_user,
     macros::{map, perf_event},
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
@@ -33,10 +33,10 @@ use crate::cpu::{SCRATCH, count, submit};
 pub(crate) static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Processes the agent loaded tables for, by tgid; size set by the agent
-/// (`unwind.max_processes`). Entries are allocated as they are added.
+/// (`unwind.max_processes`). Preallocated: kernels before 6.1 refuse
+/// perf_event programs a hash map that allocates as entries are added.
 #[map]
-pub(crate) static UNWIND_PROCESSES: HashMap<u32, ProcessUnwind> =
-    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+pub(crate) static UNWIND_PROCESSES: HashMap<u32, ProcessUnwind> = HashMap::with_max_entries(1, 0);
 
 #[map]
 static UNWIND_STATE: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
