@@ -66,6 +66,20 @@ pub enum Command {
             sudo hearth ctl capture --duration 30s --pid 1234 --output now.svg\n  \
             sudo hearth ctl history --last 10m --container 3f2a9c --output recent.pb.gz")]
     Ctl(CtlArgs),
+    /// Load and attach every kernel program for a moment (as root), then
+    /// say what this kernel serves: each event with the hooks behind it, or
+    /// why it is refused.
+    #[command(after_help = "Examples:\n  \
+            sudo hearth check\n  \
+            sudo hearth check --json")]
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@
 //! `hearth record` command built on it, [`cli`] its command line.
 
 pub mod aggregate;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -59,6 +59,15 @@ fn main() -> ExitCode {
                 run::run(config).await
             }
             Command::Ctl(args) => hearth::control::client::run(args).await,
+            Command::Check(args) => {
+                let report = hearth::check::run()?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.text());
+                }
+                Ok(())
+            }
         }
     });
     match result {

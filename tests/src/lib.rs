@@ -543,3 +543,26 @@ pub fn pprof_samples(profile: &Path) -> Vec<PprofSample> {
         })
         .collect()
 }
+
+/// Whether the running kernel's BTF names `name` (a type, function or
+/// enum value), as bpftool (an independent reader) dumps it.
+pub fn kernel_has_btf_name(name: &str) -> bool {
+    let output = Command::new("bpftool")
+        .args([
+            "btf",
+            "dump",
+            "file",
+            "/sys/kernel/btf/vmlinux",
+            "format",
+            "raw",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run bpftool (`cargo xtask setup` installs it): {e}"));
+    assert!(
+        output.status.success(),
+        "bpftool btf dump failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let quoted = format!("'{name}'");
+    String::from_utf8_lossy(&output.stdout).contains(&quoted)
+}

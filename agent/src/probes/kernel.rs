@@ -34,10 +34,11 @@ pub enum SocketHooks {
 pub struct NetProgram {
     pub name: &'static str,
     pub hook: Hook,
-    /// The kind it serves; None: loaded whenever any network event is
-    /// wanted (sends, receives and connects teach the kernel who owns a
-    /// socket).
-    pub kind: Option<NetEventKind>,
+    /// The kind it serves.
+    pub kind: NetEventKind,
+    /// Loaded whenever any network event is wanted: sends, receives and
+    /// connects teach the kernel who owns a socket.
+    pub always: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,36 +56,49 @@ impl std::fmt::Display for Hook {
     }
 }
 
-const fn program(name: &'static str, hook: Hook, kind: Option<NetEventKind>) -> NetProgram {
-    NetProgram { name, hook, kind }
+const fn program(name: &'static str, hook: Hook, kind: NetEventKind) -> NetProgram {
+    NetProgram {
+        name,
+        hook,
+        kind,
+        always: false,
+    }
+}
+
+/// A program loaded whenever any network event is wanted.
+const fn owner_program(name: &'static str, hook: Hook, kind: NetEventKind) -> NetProgram {
+    NetProgram {
+        always: true,
+        ..program(name, hook, kind)
+    }
 }
 
 /// The tracepoint programs every kernel from 5.10 has a hook for.
 const OWNER_PROGRAMS: [NetProgram; 5] = [
-    program(
+    owner_program(
         "net_state",
         Hook::RawTracepoint("inet_sock_set_state"),
-        None,
+        NetEventKind::ConnectStart,
     ),
     program(
         "net_retransmit",
         Hook::RawTracepoint("tcp_retransmit_skb"),
-        Some(NetEventKind::Retransmit),
+        NetEventKind::Retransmit,
     ),
     program(
         "net_send_reset",
         Hook::RawTracepoint("tcp_send_reset"),
-        Some(NetEventKind::ResetSent),
+        NetEventKind::ResetSent,
     ),
     program(
         "net_receive_reset",
         Hook::RawTracepoint("tcp_receive_reset"),
-        Some(NetEventKind::ResetReceived),
+        NetEventKind::ResetReceived,
     ),
     program(
         "net_drop",
         Hook::RawTracepoint("kfree_skb"),
-        Some(NetEventKind::Drop),
+        NetEventKind::Drop,
     ),
 ];
 
@@ -169,7 +183,7 @@ impl KernelSupport {
         &self,
         emit: &[NetEventKind],
     ) -> (Vec<NetProgram>, Vec<(NetEventKind, String)>) {
-        let wanted = |p: &NetProgram| p.kind.is_none_or(|kind| emit.contains(&kind));
+        let wanted = |p: &NetProgram| p.always || emit.contains(&p.kind);
         let mut programs: Vec<NetProgram> = self
             .socket_programs()
             .into_iter()
@@ -192,43 +206,36 @@ impl KernelSupport {
             }
         }
         for missing in &self.missing_tracepoints {
-            if let (Some(kind), Hook::RawTracepoint(tp)) = (missing.kind, missing.hook)
-                && emit.contains(&kind)
+            if let Hook::RawTracepoint(tp) = missing.hook
+                && emit.contains(&missing.kind)
             {
                 refused.push((
-                    kind,
+                    missing.kind,
                     format!("this kernel ({}) has no {tp} tracepoint", self.release),
                 ));
             }
         }
-        programs.retain(|p| p.kind.is_none_or(|k| !refused.iter().any(|(r, _)| *r == k)));
+        programs.retain(|p| !refused.iter().any(|(kind, _)| *kind == p.kind));
         (programs, refused)
     }
 
     fn socket_programs(&self) -> Vec<NetProgram> {
-        // Loaded whenever any network event is wanted (kind None): sends
-        // and receives teach the kernel who owns a socket.
+        use NetEventKind::{Receive, Send};
         match self.socket_hooks {
             SocketHooks::Tracepoints => vec![
-                program("net_send", Hook::RawTracepoint("sock_send_length"), None),
-                program("net_recv", Hook::RawTracepoint("sock_recv_length"), None),
+                owner_program("net_send", Hook::RawTracepoint("sock_send_length"), Send),
+                owner_program("net_recv", Hook::RawTracepoint("sock_recv_length"), Receive),
             ],
             SocketHooks::Fexit { ipv6 } => {
                 let mut programs = vec![
-                    program("net_send_inet", Hook::Fexit("inet_sendmsg"), None),
-                    program("net_recv_inet", Hook::Fexit("inet_recvmsg"), None),
+                    owner_program("net_send_inet", Hook::Fexit("inet_sendmsg"), Send),
+                    owner_program("net_recv_inet", Hook::Fexit("inet_recvmsg"), Receive),
                 ];
                 if ipv6 {
-                    programs.push(program(
-                        "net_send_inet6",
-                        Hook::Fexit("inet6_sendmsg"),
-                        None,
-                    ));
-                    programs.push(program(
-                        "net_recv_inet6",
-                        Hook::Fexit("inet6_recvmsg"),
-                        None,
-                    ));
+                    programs.extend([
+                        owner_program("net_send_inet6", Hook::Fexit("inet6_sendmsg"), Send),
+                        owner_program("net_recv_inet6", Hook::Fexit("inet6_recvmsg"), Receive),
+                    ]);
                 }
                 programs
             }

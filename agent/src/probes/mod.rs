@@ -29,7 +29,7 @@ use hearth_common::{
 
 use crate::units::ByteSize;
 
-pub use kernel::{KernelSupport, ReasonNames, SocketHooks, kernel_release};
+pub use kernel::{Hook, KernelSupport, NetProgram, ReasonNames, SocketHooks, kernel_release};
 pub use net::{NetCounters, NetRecord, NetSettings, encode as encode_net_record};
 pub use ring::SampleRing;
 pub use sample::{RawSample, SampleDecodeError, comm_to_str, encode as encode_sample};
@@ -290,7 +290,7 @@ pub struct Probes {
     settings: ProbeSettings,
     support: KernelSupport,
     /// The network programs loaded, and the kinds this kernel cannot serve.
-    net_programs: Vec<kernel::NetProgram>,
+    net_programs: Vec<NetProgram>,
     refused: Vec<(NetEventKind, String)>,
     links: Vec<PerfEventLinkId>,
     net_links: Vec<(&'static str, NetLink)>,
@@ -488,11 +488,11 @@ impl Probes {
                 source,
             };
             let link = match net.hook {
-                kernel::Hook::RawTracepoint(tracepoint) => {
+                Hook::RawTracepoint(tracepoint) => {
                     let program: &mut RawTracePoint = program(&mut self.ebpf, name)?;
                     NetLink::RawTracepoint(program.attach(tracepoint).map_err(failed)?)
                 }
-                kernel::Hook::Fexit(_) => {
+                Hook::Fexit(_) => {
                     let program: &mut FExit = program(&mut self.ebpf, name)?;
                     NetLink::Fexit(program.attach().map_err(failed)?)
                 }
@@ -557,6 +557,11 @@ impl Probes {
     /// What the running kernel offers, as detected at load.
     pub fn kernel(&self) -> &KernelSupport {
         &self.support
+    }
+
+    /// The network programs loaded, and where they attach.
+    pub fn net_programs(&self) -> &[NetProgram] {
+        &self.net_programs
     }
 
     /// Network event kinds this kernel cannot serve, each with the reason;
@@ -638,7 +643,7 @@ impl Probes {
 /// receives are refused and the other events go on.
 fn load_net_programs(
     ebpf: &mut Ebpf,
-    programs: &mut Vec<kernel::NetProgram>,
+    programs: &mut Vec<NetProgram>,
     refused: &mut Vec<(NetEventKind, String)>,
 ) -> Result<(), ProbeError> {
     let mut kernel_btf = None;
@@ -650,11 +655,11 @@ fn load_net_programs(
             source,
         };
         match net.hook {
-            kernel::Hook::RawTracepoint(_) => {
+            Hook::RawTracepoint(_) => {
                 let program: &mut RawTracePoint = program(ebpf, name)?;
                 program.load().map_err(failed)?;
             }
-            kernel::Hook::Fexit(function) => {
+            Hook::Fexit(function) => {
                 if fexit_failure.is_some() {
                     continue;
                 }
@@ -677,7 +682,7 @@ fn load_net_programs(
         }
     }
     if let Some(reason) = fexit_failure {
-        programs.retain(|p| !matches!(p.hook, kernel::Hook::Fexit(_)));
+        programs.retain(|p| !matches!(p.hook, Hook::Fexit(_)));
         for kind in [NetEventKind::Send, NetEventKind::Receive] {
             refused.push((kind, reason.clone()));
         }
