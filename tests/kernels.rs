@@ -11,8 +11,10 @@ use std::{path::Path, process::Command, time::Duration};
 use hearth_tests::*;
 
 const LEAVES: [&str; 2] = ["leaf_a", "leaf_b"];
-/// Long enough for a few hundred samples under emulation.
-const SECONDS: &str = "4";
+/// Long enough for a thousand samples under emulation, where loading a
+/// process's unwind tables (the first ~0.3 s, walked without them) is a
+/// smaller share of the run.
+const SECONDS: &str = "8";
 const LIMIT: Duration = Duration::from_secs(180);
 
 /// Records `fixture SECONDS 75` with `--unwind unwind` and checks its split

@@ -12,18 +12,21 @@ use std::{
 };
 
 use hearth_tests::{
-    Running, agent::*, build_two_leaves_c, hearth_bin, names, pprof_top_functions, read_folded,
-    require_root, stderr,
+    Running, agent::*, build_two_leaves_c, hearth_bin, names, patience, pprof_top_functions,
+    read_folded, require_root, stderr,
 };
 use serde_json::Value;
 
-/// BPF links of `pid` that attach a program to a perf event (the CPU
-/// sampler's, one per CPU), from the kernel's fdinfo.
+/// Perf events of `pid` with a program attached (the CPU sampler's, one
+/// per CPU): BPF links of type perf from the kernel's fdinfo (5.15 and
+/// later), or, on kernels that attach with an ioctl and have no such link,
+/// the perf event files it holds open.
 fn perf_event_links(pid: u32) -> usize {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return 0;
     };
-    fds.filter_map(|fd| std::fs::read_to_string(fd.ok()?.path()).ok())
+    let links = fds
+        .filter_map(|fd| std::fs::read_to_string(fd.ok()?.path()).ok())
         .filter(|info| {
             // "perf" on Linux 6.x ("perf_event" in some versions).
             info.lines().any(|l| {
@@ -31,6 +34,15 @@ fn perf_event_links(pid: u32) -> usize {
                     .is_some_and(|kind| kind.trim().starts_with("perf"))
             })
         })
+        .count();
+    if links > 0 {
+        return links;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy() == "anon_inode:[perf_event]")
         .count()
 }
 
@@ -81,6 +93,7 @@ fn start_agent(dir: &Path, extra: &[&str]) -> (Running, PathBuf) {
 }
 
 fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let limit = patience(limit);
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "{what} within {limit:?}");

@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use hearth_tests::{Running, agent::*, build_two_leaves_c, cgroups::Cgroups, require_root, stderr};
+use hearth_tests::{
+    Running, agent::*, build_two_leaves_c, cgroups::Cgroups, patience, require_root, stderr,
+};
 
 #[test]
 fn kubelet_cgroups_name_the_container_and_scoping_drops_the_rest_in_the_kernel() {
@@ -27,20 +29,23 @@ fn kubelet_cgroups_name_the_container_and_scoping_drops_the_rest_in_the_kernel()
     let inside_cgroup = cgroups.make(&format!("{pod_slice}/cri-containerd-{container_id}.scope"));
     let outside_cgroup = cgroups.make(&format!("hearth-test-outside-{n}.slice"));
 
+    // The receiver first: under emulation Python takes a while to start,
+    // and the fixtures must outlive it and the agent's start.
+    let receiver = OtlpReceiver::start("grpc", 0, &dir.path().join("requests.jsonl"));
     let fixture = build_two_leaves_c(dir.path());
-    let inside = Running::spawn(&fixture, &["30"]);
-    let outside = Running::spawn(&fixture, &["30"]);
+    let seconds = patience(Duration::from_secs(30)).as_secs().to_string();
+    let inside = Running::spawn(&fixture, &[&seconds]);
+    let outside = Running::spawn(&fixture, &[&seconds]);
     cgroups.put(&inside_cgroup, inside.pid());
     cgroups.put(&outside_cgroup, outside.pid());
 
-    let receiver = OtlpReceiver::start("grpc", 0, &dir.path().join("requests.jsonl"));
-    let agent = start_exporting_agent(
+    let mut agent = start_exporting_agent(
         &receiver,
         &dir.path().join("ctl.sock"),
         &["-F", "99"],
         &[("HEARTH_SCOPE__CGROUPS", &pod_slice)],
     );
-    receiver.wait_for(3, Duration::from_secs(20));
+    receiver.wait_for_agent(&mut agent, 3, Duration::from_secs(20));
     let output = terminate(agent, Duration::from_secs(20));
     assert!(output.status.success(), "agent: {}", stderr(&output));
     let (inside_pid, outside_pid) = (inside.pid(), outside.pid());
@@ -334,7 +339,7 @@ fn pods_are_scoped_by_namespace_and_labels_in_the_kernel() {
     );
     // The allow list is filled once the API has answered (rescanned every
     // few seconds): wait for profiles, then for a few more.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + patience(Duration::from_secs(30));
     while resources_by_pid(&receiver).is_empty() {
         assert!(std::time::Instant::now() < deadline, "no profile arrived");
         std::thread::sleep(Duration::from_millis(200));

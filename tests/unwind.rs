@@ -233,7 +233,7 @@ fn per_process_maps_are_empty_after_the_processes_exit() {
     for mut fixture in fixtures {
         fixture.wait_for(Duration::from_secs(30));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
     let mut left = unwinder_map_tgids();
     while !left.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));

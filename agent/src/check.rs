@@ -124,9 +124,7 @@ fn hooks_of(probes: &Probes, event: Event) -> String {
     let mut text = hooks.join(", ");
     let note = match event {
         Event::Drops if support.reasons.drops.is_empty() => Some("no drop reasons before 5.17"),
-        Event::Resets if support.reasons.resets.is_empty() => {
-            Some("no reset reasons before 6.10")
-        }
+        Event::Resets if support.reasons.resets.is_empty() => Some("no reset reasons before 6.10"),
         Event::TxBytes | Event::RxBytes
             if support.socket_hooks == (SocketHooks::Fexit { ipv6: false }) =>
         {

@@ -102,6 +102,18 @@ impl OtlpReceiver {
     pub fn wait_for(&self, count: usize, limit: Duration) -> Vec<Value> {
         wait_for_lines(&self.out, count, limit)
     }
+
+    /// Waits until at least `count` requests have arrived from `agent`;
+    /// if they do not, the panic shows what the agent printed.
+    pub fn wait_for_agent(&self, agent: &mut Running, count: usize, limit: Duration) -> Vec<Value> {
+        try_wait_for_lines(&self.out, count, limit).unwrap_or_else(|(got, limit)| {
+            let output = agent.kill_and_output();
+            panic!(
+                "only {got} of {count} requests arrived within {limit:?}; the agent said:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    }
 }
 
 /// Requests recorded in `path` so far (a JSON object per line).
@@ -114,18 +126,29 @@ pub fn read_json_lines(path: &Path) -> Vec<Value> {
 }
 
 fn wait_for_lines(path: &Path, count: usize, limit: Duration) -> Vec<Value> {
+    try_wait_for_lines(path, count, limit).unwrap_or_else(|(got, limit)| {
+        panic!("only {got} of {count} requests arrived within {limit:?}")
+    })
+}
+
+/// The requests once `count` have arrived, or how many came within the
+/// (stretched) limit.
+fn try_wait_for_lines(
+    path: &Path,
+    count: usize,
+    limit: Duration,
+) -> Result<Vec<Value>, (usize, Duration)> {
+    let limit = crate::patience(limit);
     let deadline = Instant::now() + limit;
     loop {
         let requests = read_json_lines(path);
         if requests.len() >= count {
-            return requests;
+            return Ok(requests);
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {count} requests arrived within {limit:?}",
-            requests.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        if Instant::now() >= deadline {
+            return Err((requests.len(), limit));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -219,6 +242,7 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 
 /// Waits until the agent's /readyz answers 200.
 pub fn wait_ready(port: u16, limit: Duration) {
+    let limit = crate::patience(limit);
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() && http_get(port, "/readyz").0 == 200 {

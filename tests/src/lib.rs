@@ -14,6 +14,19 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// `limit` stretched by `XTASK_TIME_SCALE` (default 1), which
+/// `cargo xtask vm-test` sets where kernels run under software emulation:
+/// every wait for a process or an answer is a liveness bound, never a
+/// speed target, and emulation is several times slower.
+pub fn patience(limit: Duration) -> Duration {
+    let scale = std::env::var("XTASK_TIME_SCALE")
+        .ok()
+        .and_then(|text| text.parse::<f64>().ok())
+        .filter(|scale| *scale >= 1.0)
+        .unwrap_or(1.0);
+    limit.mul_f64(scale)
+}
+
 /// The tests load BPF programs; refuse clearly instead of failing obscurely.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -140,6 +153,7 @@ impl Running {
 
     /// Waits up to `limit` for the process to exit on its own.
     pub fn wait_for(&mut self, limit: Duration) -> ExitStatus {
+        let limit = patience(limit);
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child().try_wait().expect("try_wait") {
@@ -152,6 +166,14 @@ impl Running {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the process now and collects what it printed (for the
+    /// message of a test that gave up waiting on it).
+    pub fn kill_and_output(&mut self) -> Output {
+        let mut child = self.0.take().expect("child already collected");
+        let _ = child.kill();
+        child.wait_with_output().expect("collect output")
     }
 
     /// Waits up to `limit`, then collects what the process printed.

@@ -6,6 +6,7 @@ mod netbench;
 mod procs;
 mod setup;
 mod soak;
+mod vm;
 
 use std::{
     ffi::OsString,
@@ -30,11 +31,26 @@ enum Task {
     /// perf, Go (for `go tool pprof`), gcc/g++.
     Setup,
     /// Set up, build once in release mode, and run every test (as root: the
-    /// end-to-end tests load BPF programs).
+    /// end-to-end tests load BPF programs), then the kernel tests in a VM
+    /// of each kernel from 5.10 on (`vm-test`).
     Test {
-        /// Extra arguments for the test binaries (e.g. a test name filter).
+        /// Skip the VM kernel tests.
+        #[arg(long)]
+        no_vm: bool,
+        /// Extra arguments for the test binaries (e.g. a test name filter;
+        /// the VM kernel tests are skipped then).
         #[arg(last = true)]
         args: Vec<OsString>,
+    },
+    /// Run the end-to-end tests that touch the kernel inside Debian's
+    /// kernels (5.10, 6.1, 6.12 and the newest) booted under qemu with this
+    /// machine's root file system, and on the host; one line per kernel.
+    /// Downloads are cached in ~/.cache/hearth/vm (as root).
+    VmTest {
+        /// Kernels to run (repeatable): 5.10, 6.1, 6.12, newest, host.
+        /// Default: all of them, and README.md's kernel table is rewritten.
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<String>,
     },
     /// Measure Hearth's cost against perf and bpftrace on this machine (CPU
     /// overhead at the same rate, churn, many processes, the userspace
@@ -103,7 +119,7 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.task {
         Task::Setup => setup::run(),
-        Task::Test { args } => {
+        Task::Test { no_vm, args } => {
             setup::run()?;
             // Default members only: the eBPF crate builds for the BPF target,
             // through the agent's build.rs.
@@ -128,7 +144,22 @@ fn main() -> anyhow::Result<()> {
             e2e.push("--test-threads=1".into());
             cargo_with(&root, &["test", "--release", "-p", "hearth-tests"], &e2e)?;
             // Benchmarks must keep compiling even when not run.
-            cargo(&root, &["bench", "-p", "hearth", "--no-run"])
+            cargo(&root, &["bench", "-p", "hearth", "--no-run"])?;
+            if no_vm || !args.is_empty() {
+                return Ok(());
+            }
+            vm::run(&root, &vm::all_kernels(), true)
+        }
+        Task::VmTest { kernels } => {
+            setup::run()?;
+            let all = vm::all_kernels();
+            for name in &kernels {
+                if !all.contains(name) {
+                    bail!("--kernel {name}: choose from {}", all.join(", "));
+                }
+            }
+            let names = if kernels.is_empty() { all } else { kernels };
+            vm::run(&root, &names, true)
         }
         Task::Bench {
             rounds,

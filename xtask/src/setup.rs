@@ -38,6 +38,13 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "openssl",
+    // `cargo xtask vm-test`: qemu, and what virtme-ng needs to boot
+    // Debian's kernels with this machine's root file system.
+    "qemu-system-x86",
+    "kmod",
+    "busybox-static",
+    "udev",
+    "python3-venv",
 ];
 
 /// PyPI packages the tests use as independent references: the official
