@@ -188,7 +188,7 @@ pub struct UnwindConfig {
     /// Rows one object's table may have.
     pub max_rows_per_object: u32,
     /// Processes the kernel unwinder holds mappings for (2 KiB each,
-    /// allocated as used).
+    /// allocated when the probes load).
     pub max_processes: u32,
 }
 

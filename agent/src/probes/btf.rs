@@ -78,8 +78,14 @@ impl KernelBtf {
                 let copy = copy_to_memory_file(path).map_err(|err| unreadable(err.to_string()))?;
                 // The mapping keeps the memory file alive once `copy` closes.
                 let by_fd = format!("/proc/self/fd/{}", copy.as_raw_fd());
-                Btf::from_file_with_backend(by_fd, btf_rs::Backend::Mmap)
-                    .map_err(|err| unreadable(format!("{err} (mapping it: {mapped})")))?
+                Btf::from_file_with_backend(by_fd, btf_rs::Backend::Mmap).map_err(|err| {
+                    let (copied, mapped) = (err.to_string(), mapped.to_string());
+                    unreadable(if copied == mapped {
+                        copied
+                    } else {
+                        format!("{copied} (mapping it: {mapped})")
+                    })
+                })?
             }
         };
         Ok(Self {
