@@ -110,7 +110,11 @@ impl Apt {
             .ok()
             .into_iter()
             .flatten()
-            .filter_map(|entry| entry.ok()?.metadata().ok()?.modified().ok())
+            .filter_map(|entry| entry.ok())
+            // Package lists only: `partial/` and `lock` are made fresh by
+            // `Apt::new` on a machine that never fetched a list.
+            .filter(|entry| entry.file_name().to_string_lossy().contains("_Packages"))
+            .filter_map(|entry| entry.metadata().ok()?.modified().ok())
             .any(|time| {
                 SystemTime::now()
                     .duration_since(time)

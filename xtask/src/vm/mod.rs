@@ -88,6 +88,7 @@ pub fn run(root: &Path, names: &[String], readme: bool) -> anyhow::Result<()> {
             guest::run_in_vm(root, vng, kernel, accel, &binaries, &out.join(name))?
         };
         println!("{}", outcome.line());
+        outcome.report_failures();
         outcomes.push(outcome);
     }
     println!(
