@@ -6,6 +6,8 @@
 //! resolved through [`process`] metadata) → [`symbolize`] → [`profile`] →
 //! [`export`]. [`pipeline`] strings the stages together; [`record`] is the
 //! `hearth record` command built on it, [`cli`] its command line.
+//! [`fault`] guards every read of a memory-mapped object file (which its
+//! owner may truncate) for [`symbolize`] and [`unwind`].
 
 pub mod aggregate;
 pub mod check;
@@ -14,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod event;
 pub mod export;
+pub mod fault;
 pub mod network;
 pub mod pipeline;
 pub mod preflight;

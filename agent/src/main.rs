@@ -29,6 +29,12 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal; a file, a pipe or a
+        // container's log collector gets plain text. NO_COLOR is honoured.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -118,6 +124,15 @@ fn print_report(report: &RecordReport) {
     if let Some(unwind) = &report.unwind {
         eprintln!("hearth: {}", unwind_summary(k, unwind));
     }
+    let s = &report.symbolizer;
+    if s.unreadable_objects + s.hostile_objects + s.shrunk_objects > 0 {
+        eprintln!(
+            "hearth: symbols: {} objects unreadable (corrupt or not ELF), {} limited because a \
+             compressed section would inflate past its limit, {} thrown away because the file \
+             shrank while read; their frames show as module+offset",
+            s.unreadable_objects, s.hostile_objects, s.shrunk_objects
+        );
+    }
     let n = &report.net;
     if n.ring_full > 0 {
         eprintln!(
@@ -177,6 +192,12 @@ fn unwind_summary(k: &hearth::probes::KernelCounters, u: &hearth::unwind::Unwind
     }
     if u.tables_full > 0 {
         line += &format!(", {} tables left out (row array full)", u.tables_full);
+    }
+    if u.compactions > 0 {
+        line += &format!(
+            ", row array compacted {} times ({} tables moved)",
+            u.compactions, u.tables_moved
+        );
     }
     line
 }

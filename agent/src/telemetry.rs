@@ -65,11 +65,14 @@ pub struct Telemetry {
     pub failed: Family<ExporterLabel, Counter>,
     pub retried: Family<ExporterLabel, Counter>,
     pub dropped: Family<DropLabels, Counter>,
+    pub unspooled: Family<ExporterLabel, Counter>,
     pub queue_bytes: Family<ExporterLabel, Gauge>,
     pub queue_profiles: Family<ExporterLabel, Gauge>,
     pub queue_oldest_age: Family<ExporterLabel, FloatGauge>,
     pub symbol_cache_hits: Counter,
     pub symbol_cache_misses: Counter,
+    symbol_objects_skipped: Family<ReasonLabel, Counter>,
+    mapped_file_faults: Counter,
     pub processes_tracked: Gauge,
     pub history_bytes: Gauge,
     pub cpu_seconds: Counter<f64, AtomicU64>,
@@ -80,6 +83,9 @@ pub struct Telemetry {
     pub unwind_objects: Gauge,
     pub unwind_rows: Gauge,
     pub unwind_row_capacity: Gauge,
+    unwind_largest_free: Gauge,
+    unwind_compactions: Counter,
+    unwind_tables_moved: Counter,
     pub unwind_not_loaded: Family<ReasonLabel, Counter>,
 }
 
@@ -150,6 +156,22 @@ impl Telemetry {
             t.unwind_row_capacity.clone(),
         );
         r.register(
+            "hearth_unwind_largest_free_rows",
+            "The longest run of free rows in the unwind row array (a table longer than this \
+             needs a compaction first; free rows minus this is the fragmentation)",
+            t.unwind_largest_free.clone(),
+        );
+        r.register(
+            "hearth_unwind_compactions",
+            "Times the unwind row array was compacted to fit a table",
+            t.unwind_compactions.clone(),
+        );
+        r.register(
+            "hearth_unwind_tables_moved",
+            "Tables moved by compactions of the unwind row array",
+            t.unwind_tables_moved.clone(),
+        );
+        r.register(
             "hearth_unwind_tables_not_loaded",
             "Tables or processes left to frame pointers (compile_error: unreadable or \
              malformed .eh_frame; rows_full: unwind.max_rows reached; processes_full: \
@@ -194,8 +216,15 @@ impl Telemetry {
         );
         r.register(
             "hearth_profiles_dropped",
-            "Profiles given up, per exporter and reason (queue_bytes, queue_age, rejected, spool_bytes)",
+            "Profiles given up, per exporter and reason (queue_bytes, queue_age, rejected, \
+             spool_corrupt: a spool file that failed its checksum on recovery)",
             t.dropped.clone(),
+        );
+        r.register(
+            "hearth_profiles_unspooled",
+            "Queued profiles whose disk copy was deleted to keep the spool under \
+             spool.max_bytes: still in memory and delivered, but lost if the agent restarts first",
+            t.unspooled.clone(),
         );
         r.register_with_unit(
             "hearth_queue",
@@ -223,6 +252,19 @@ impl Telemetry {
             "hearth_symbol_cache_misses",
             "Addresses that had to be symbolized",
             t.symbol_cache_misses.clone(),
+        );
+        r.register(
+            "hearth_symbolize_objects_skipped",
+            "Objects not symbolized (frames stay module+offset, or ELF symbols only), by why: \
+             unreadable (corrupt or unreadable ELF); hostile (a compressed section would inflate \
+             past symbolize.max_section_bytes); shrunk (the file was truncated while read)",
+            t.symbol_objects_skipped.clone(),
+        );
+        r.register(
+            "hearth_mapped_file_faults",
+            "Reads of memory-mapped object files that found the file shrunk underneath \
+             (each absorbed; what was read is thrown away)",
+            t.mapped_file_faults.clone(),
         );
         r.register(
             "hearth_processes_tracked",
@@ -292,6 +334,9 @@ impl Telemetry {
         self.unwind_objects.set(u.objects as i64);
         self.unwind_rows.set(u.rows as i64);
         self.unwind_row_capacity.set(u.row_capacity as i64);
+        self.unwind_largest_free.set(u.largest_free_rows as i64);
+        advance_to(&self.unwind_compactions, u.compactions);
+        advance_to(&self.unwind_tables_moved, u.tables_moved);
         advance_reasons(
             &self.unwind_not_loaded,
             &[
@@ -312,17 +357,37 @@ impl Telemetry {
         );
     }
 
+    /// The symbolizer's skipped objects and the mapped-file faults so far.
+    pub fn record_symbolizer(&self, stats: &crate::symbolize::SymbolizerStats) {
+        advance_to(&self.symbol_cache_hits, stats.hits);
+        advance_to(&self.symbol_cache_misses, stats.misses);
+        advance_reasons(
+            &self.symbol_objects_skipped,
+            &[
+                ("unreadable", stats.unreadable_objects),
+                ("hostile", stats.hostile_objects),
+                ("shrunk", stats.shrunk_objects),
+            ],
+        );
+        advance_to(&self.mapped_file_faults, crate::fault::faults());
+    }
+
     pub fn record_dropped(&self, exporter: &'static str, dropped: Dropped) {
         for (reason, count) in [
             ("queue_bytes", dropped.over_bytes),
             ("queue_age", dropped.too_old),
-            ("spool_bytes", dropped.unspooled),
+            ("spool_corrupt", dropped.corrupt),
         ] {
             if count > 0 {
                 self.dropped
                     .get_or_create(&DropLabels { exporter, reason })
                     .inc_by(count);
             }
+        }
+        if dropped.unspooled > 0 {
+            self.unspooled
+                .get_or_create(&ExporterLabel { exporter })
+                .inc_by(dropped.unspooled);
         }
     }
 

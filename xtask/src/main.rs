@@ -2,6 +2,7 @@
 //! the README's commands work on a fresh machine.
 
 mod bench;
+mod fuzz;
 mod netbench;
 mod procs;
 mod setup;
@@ -83,6 +84,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Run each fuzz target (cargo-fuzz, nightly) for a bounded time over
+    /// its corpus in fuzz/corpus; print the executions of each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Run `hearth run` on a busy machine for a while at each rate and
     /// report its CPU, memory and bytes per export window (as root).
     Soak {
@@ -149,6 +157,10 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             vm::run(&root, &vm::all_kernels(), true)
+        }
+        Task::Fuzz { seconds } => {
+            setup::run()?;
+            fuzz::run(&root, seconds)
         }
         Task::VmTest { kernels } => {
             setup::run()?;

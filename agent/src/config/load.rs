@@ -423,6 +423,14 @@ mod tests {
             ("HEARTH_QUEUE__MAX_BYTES", "lots", "64MiB"),
             ("HEARTH_LIMITS__RING_BUFFER_SIZE", "3MiB", "power of two"),
             ("HEARTH_METRICS__LISTEN", "everywhere", "metrics.listen"),
+            ("HEARTH_QUEUE__MAX_BYTES", "-5", "-5 is not a size"),
+            ("HEARTH_QUEUE__MAX_BYTES", "1.5", "whole number of bytes"),
+            (
+                "HEARTH_EXPORT_INTERVAL",
+                "8",
+                "8 has no unit; write e.g. 8s",
+            ),
+            ("HEARTH_EXPORT_INTERVAL", "-3", "-3 is not a duration"),
         ];
         for (name, value, expected) in cases {
             let text = error_of(ConfigSources {
@@ -455,6 +463,17 @@ mod tests {
             ..Default::default()
         });
         assert!(text.contains("HEARTH_OTLP__ENDPOINT"), "{text}");
+        // The file's own words: the key, the value, the units that work.
+        let yaml = file("export_interval: 8\nqueue:\n  max_bytes: -5\n");
+        let text = error_of(ConfigSources {
+            file: Some(yaml.path().to_owned()),
+            ..Default::default()
+        });
+        assert!(
+            text.contains("export_interval") && text.contains("8s"),
+            "{text}"
+        );
+        assert!(!text.contains("invalid type"), "{text}");
     }
 
     #[test]

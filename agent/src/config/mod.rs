@@ -4,6 +4,7 @@
 //! its default, documented once in `deploy/hearth.yaml`.
 
 mod load;
+mod scalar;
 mod types;
 
 pub use load::{ConfigError, ConfigFlag, ConfigSources, load};

@@ -237,6 +237,10 @@ pub struct SymbolizeConfig {
     pub debug_info: bool,
     /// Symbolized addresses cached (about 160 bytes each).
     pub cache_entries: usize,
+    /// Most bytes one compressed section of an object file may inflate to.
+    /// Files that any user can write are inflated into nothing first; one
+    /// over this is symbolized from ELF symbols alone (or not at all).
+    pub max_section_bytes: ByteSize,
 }
 
 impl Default for SymbolizeConfig {
@@ -244,6 +248,7 @@ impl Default for SymbolizeConfig {
         Self {
             debug_info: false,
             cache_entries: crate::symbolize::DEFAULT_CACHE_ENTRIES,
+            max_section_bytes: ByteSize(crate::symbolize::DEFAULT_MAX_SECTION_BYTES),
         }
     }
 }
@@ -519,24 +524,16 @@ pub struct ServiceNameRule {
 
 /// `auto` or a size, as the ring buffer takes it.
 mod ring_size {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use serde::{Deserializer, Serializer, de::Error};
 
     use crate::probes::RingBufferSize;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<RingBufferSize, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Bytes(bytes) => bytes.to_string().parse(),
-            Raw::Text(text) => text.parse(),
-        }
-        .map_err(D::Error::custom)
+        crate::config::scalar::size_text(deserializer)?
+            .parse()
+            .map_err(D::Error::custom)
     }
 
     pub fn serialize<S: Serializer>(
@@ -551,10 +548,10 @@ mod ring_size {
 mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use serde::{Deserializer, Serializer, de::Error};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
+        let text = crate::config::scalar::duration_text(deserializer)?;
         humantime::parse_duration(&text).map_err(|err| {
             D::Error::custom(format!(
                 "{text:?} is not a duration ({err}); write e.g. 500ms, 10s, 5m or 1h"
@@ -594,16 +591,9 @@ fn headers<'de, D: Deserializer<'de>>(
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Bytes(bytes) => Ok(ByteSize(bytes)),
-            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
-        }
+        crate::config::scalar::size_text(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

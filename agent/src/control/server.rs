@@ -13,7 +13,11 @@
 //! | `GET /v1/history?last=10m[&pid=P][&container=ID][&pod_uid=U][&pod=NS/NAME]` | the local history's profiles, merged, as gzipped pprof |
 
 use std::{
-    collections::HashMap, net::SocketAddr, os::unix::fs::PermissionsExt, path::Path, sync::Arc,
+    collections::HashMap,
+    net::SocketAddr,
+    os::unix::fs::{FileTypeExt as _, PermissionsExt},
+    path::Path,
+    sync::Arc,
     time::Duration,
 };
 
@@ -133,7 +137,16 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
             .with_context(|| format!("creating {} for the control socket", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "the control socket path {} already exists and is {}, not a socket; Hearth \
+                 only ever removes a stale socket there. Give another --control-socket (or \
+                 control.socket), or move that file away yourself",
+                path.display(),
+                describe_kind(meta.file_type())
+            );
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
                 "another agent answers on the control socket {}; stop it, or give this one \
@@ -150,6 +163,31 @@ fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         .with_context(|| format!("cannot create the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Removes the control socket at shutdown — only if a socket is still
+/// what lies there.
+pub fn remove_socket(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// "a regular file", "a directory", … for messages about a path.
+fn describe_kind(kind: std::fs::FileType) -> &'static str {
+    if kind.is_file() {
+        "a regular file"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a socket"
+    }
 }
 
 fn refusal(refusal: Refusal) -> Response {

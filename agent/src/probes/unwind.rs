@@ -65,6 +65,26 @@ impl UnwindMaps {
         }
     }
 
+    /// Copies rows `from..from + len` to `to..to + len` (ranges that do not
+    /// overlap), for moving a table into a gap.
+    pub fn copy_rows(&mut self, from: u32, to: u32, len: u32) {
+        let (from, to, len) = (from as usize, to as usize, len as usize);
+        assert!(
+            from + len <= self.rows.len && to + len <= self.rows.len,
+            "rows beyond the array"
+        );
+        assert!(
+            from + len <= to || to + len <= from,
+            "overlapping row ranges"
+        );
+        // SAFETY: both ranges are inside the mapping and disjoint (checked
+        // above); no process entry points at the destination yet.
+        unsafe {
+            let base = self.rows.base.as_ptr();
+            std::ptr::copy_nonoverlapping(base.add(from), base.add(to), len);
+        }
+    }
+
     /// Sets (or replaces) the entry of process `tgid`.
     pub fn set_process(&mut self, tgid: u32, entry: &ProcessUnwind) -> Result<(), ProbeError> {
         self.processes

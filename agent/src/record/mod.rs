@@ -71,6 +71,8 @@ pub struct RecordReport {
     pub net: NetCounters,
     /// What the table unwinder loaded (None in frame-pointer mode).
     pub unwind: Option<UnwindStats>,
+    /// What the symbolizer could not read, and why.
+    pub symbolizer: crate::symbolize::SymbolizerStats,
 }
 
 pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
@@ -273,6 +275,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         kernel,
         net,
         unwind,
+        symbolizer: pipeline.symbolizer_stats(),
     })
 }
 

@@ -32,14 +32,19 @@ pub struct Dropped {
     pub over_bytes: u64,
     /// Payloads older than `max_age`.
     pub too_old: u64,
-    /// Payloads whose spool copy was deleted to keep the spool under its bound
-    /// (still queued in memory, but no longer safe across a restart).
+    /// Spool files that failed their checksum when a restarted agent read
+    /// them back (moved aside, never sent).
+    pub corrupt: u64,
+    /// Not a loss: payloads whose spool copy was deleted to keep the spool
+    /// under its bound (still queued in memory and delivered, but no longer
+    /// safe across a restart). Counted apart from the drops.
     pub unspooled: u64,
 }
 
 impl Dropped {
+    /// Whether anything was really lost.
     pub fn any(&self) -> bool {
-        self.over_bytes + self.too_old + self.unspooled > 0
+        self.over_bytes + self.too_old + self.corrupt > 0
     }
 }
 
@@ -65,6 +70,7 @@ impl ExportQueue {
         let mut dropped = Dropped::default();
         if let Some(mut spool) = spool {
             let recovered = spool.take_recovered();
+            let corrupt = spool.corrupt_found();
             queue.next_seq = recovered.iter().map(|item| item.seq + 1).max().unwrap_or(0);
             queue.spool = Some(spool);
             for item in recovered {
@@ -72,6 +78,7 @@ impl ExportQueue {
                 queue.items.push_back(item);
             }
             dropped = queue.enforce(now);
+            dropped.corrupt = corrupt;
         }
         (queue, dropped)
     }

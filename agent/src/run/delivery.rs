@@ -83,8 +83,14 @@ impl Outbox {
                 exporter = self.name,
                 over_bytes = dropped.over_bytes,
                 too_old = dropped.too_old,
-                unspooled = dropped.unspooled,
                 "queue bound reached: oldest profiles dropped"
+            );
+        }
+        if dropped.unspooled > 0 {
+            tracing::info!(
+                exporter = self.name,
+                unspooled = dropped.unspooled,
+                "spool bound reached: the oldest queued profiles are now kept in memory only"
             );
         }
         telemetry.record_dropped(self.name, dropped);

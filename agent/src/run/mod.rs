@@ -235,7 +235,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut pipeline = Pipeline::new(
         process_limits,
-        Symbolizer::new(config.symbolize.cache_entries, config.symbolize.debug_info),
+        Symbolizer::new(config.symbolize.cache_entries, config.symbolize.debug_info)
+            .with_max_section_bytes(config.symbolize.max_section_bytes.0),
     );
     if !network_events.is_empty() {
         pipeline = pipeline.with_network(NetAggregator::new(
@@ -445,7 +446,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(server) = control_server {
         server.abort();
         if let Some(socket) = &config.control.socket {
-            let _ = std::fs::remove_file(socket);
+            crate::control::server::remove_socket(socket);
         }
     }
     if let Some(server) = control_tcp {

@@ -17,7 +17,7 @@ use crate::{
     pipeline::{Pipeline, WindowLimits},
     profile::{Profile, ProfileMeta},
     retention::{History, HistoryEntry},
-    telemetry::{Telemetry, advance_to},
+    telemetry::Telemetry,
 };
 
 /// The export formats a window is encoded in.
@@ -81,8 +81,7 @@ pub fn finish(mut ctx: WindowContext<'_>, start: WindowStart) -> WindowStart {
     let stats = ctx.pipeline.symbolizer_stats();
     ctx.pipeline.end_window(&ctx.limits);
     ctx.telemetry.windows.inc();
-    advance_to(&ctx.telemetry.symbol_cache_hits, stats.hits);
-    advance_to(&ctx.telemetry.symbol_cache_misses, stats.misses);
+    ctx.telemetry.record_symbolizer(&stats);
     ctx.telemetry
         .processes_tracked
         .set(ctx.pipeline.processes() as i64);

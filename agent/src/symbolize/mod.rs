@@ -9,8 +9,10 @@
 //! keep a frame: `module+0xoffset`, or `[unknown]`.
 
 mod cache;
+pub mod elfcheck;
 
 use cache::Generations;
+use elfcheck::Verdict;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -39,6 +41,13 @@ pub struct SymbolizerStats {
     pub misses: u64,
     /// Objects whose symbols could not be read at all (corrupt or unreadable).
     pub unreadable_objects: u64,
+    /// Objects that would have made blazesym allocate past
+    /// `symbolize.max_section_bytes` (symbolized from ELF symbols alone, or
+    /// not at all).
+    pub hostile_objects: u64,
+    /// Symbolizations thrown away because the object file shrank while
+    /// blazesym read it.
+    pub shrunk_objects: u64,
 }
 
 /// Frames of one address, outermost function first, inlined callees after.
@@ -49,6 +58,10 @@ pub struct Symbolizer {
     blaze_since: std::time::Instant,
     /// Read DWARF (and separate debug files) as well as ELF symbols.
     debug_info: bool,
+    /// Most bytes one compressed section may inflate to.
+    max_section_bytes: u64,
+    /// What [`elfcheck`] allowed of each object seen.
+    verdicts: FxHashMap<ObjectId, Verdict>,
     strings: FxHashSet<Arc<str>>,
     user: Generations<(ObjectId, u64), Frames>,
     kernel: Generations<u64, Frames>,
@@ -58,6 +71,9 @@ pub struct Symbolizer {
 
 /// Addresses cached when nothing else is said (about 160 bytes each).
 pub const DEFAULT_CACHE_ENTRIES: usize = 65_536;
+/// Most bytes one compressed ELF section may inflate to when nothing else
+/// is said (`symbolize.max_section_bytes`).
+pub const DEFAULT_MAX_SECTION_BYTES: u64 = 256 << 20;
 
 impl Default for Symbolizer {
     fn default() -> Self {
@@ -65,7 +81,8 @@ impl Default for Symbolizer {
     }
 }
 
-fn new_blaze() -> blaze::Symbolizer {
+/// blazesym as the agent sets it up (public for the fuzz targets).
+pub fn new_blaze() -> blaze::Symbolizer {
     blaze::Symbolizer::builder()
         .enable_code_info(true)
         .enable_inlined_fns(true)
@@ -98,12 +115,20 @@ impl Symbolizer {
             blaze,
             blaze_since: std::time::Instant::now(),
             debug_info,
+            max_section_bytes: DEFAULT_MAX_SECTION_BYTES,
+            verdicts: FxHashMap::default(),
             strings,
             user: Generations::new(cache_entries / 4 * 3),
             kernel: Generations::new(cache_entries / 4),
             unknown,
             stats: SymbolizerStats::default(),
         }
+    }
+
+    /// Sets the most bytes one compressed section may inflate to.
+    pub fn with_max_section_bytes(mut self, bytes: u64) -> Self {
+        self.max_section_bytes = bytes;
+        self
     }
 
     pub fn stats(&self) -> SymbolizerStats {
@@ -124,6 +149,7 @@ impl Symbolizer {
         }
         let ids: FxHashSet<ObjectId> = gone.iter().map(|(id, _)| *id).collect();
         self.user.retain(|(object, _)| !ids.contains(object));
+        self.verdicts.retain(|object, _| !ids.contains(object));
         for path in gone.iter().filter_map(|(_, path)| path.as_ref()) {
             let _ = self.blaze.evict(&blaze::evict::Elf::new(path).into());
         }
@@ -160,30 +186,13 @@ impl Symbolizer {
             offsets.sort_unstable();
             offsets.dedup();
             let info = objects.get(object);
-            let results = match info.readable_path() {
-                Some(path) => {
-                    let mut elf = Elf::new(path);
-                    elf.debug_syms = self.debug_info;
-                    let source = Source::Elf(elf);
-                    self.blaze
-                        .symbolize(&source, Input::FileOffset(&offsets))
-                        .map_err(|err| {
-                            self.stats.unreadable_objects += 1;
-                            tracing::warn!(
-                                object = %info.path.display(),
-                                %err,
-                                "cannot read symbols (corrupt or unreadable ELF); its frames stay as module+offset"
-                            );
-                        })
-                        .ok()
-                }
+            let mut results = match info.readable_path() {
+                Some(path) => self.symbolize_object(object, &info.path, &path, &offsets),
                 None => None,
             };
             let module = info.short_name();
             for (i, offset) in offsets.iter().enumerate() {
-                let named = results
-                    .as_ref()
-                    .and_then(|r| frames_of(&mut self.strings, &r[i]));
+                let named = results.as_mut().and_then(|r| r[i].take());
                 let frames = named.unwrap_or_else(|| {
                     let name = format!("{module}+0x{offset:x}");
                     Box::new([Frame {
@@ -193,6 +202,70 @@ impl Symbolizer {
                     }])
                 });
                 self.user.insert((object, *offset), frames);
+            }
+        }
+    }
+
+    /// blazesym's answer for `offsets` of one object, read through `path`,
+    /// if the object passes [`elfcheck`] and did not shrink meanwhile.
+    fn symbolize_object(
+        &mut self,
+        object: ObjectId,
+        shown: &std::path::Path,
+        path: &std::path::Path,
+        offsets: &[u64],
+    ) -> Option<Vec<Option<Frames>>> {
+        let verdict = self.verdicts.entry(object).or_insert_with(|| {
+            let verdict = elfcheck::check(path, self.debug_info, self.max_section_bytes);
+            match &verdict {
+                Verdict::Full => {}
+                Verdict::SymbolsOnly(why) => {
+                    self.stats.hostile_objects += 1;
+                    tracing::warn!(object = %shown.display(), why, "object file would inflate past its limit; symbolized from ELF symbols only");
+                }
+                Verdict::Refused(why) => {
+                    self.stats.hostile_objects += 1;
+                    tracing::warn!(object = %shown.display(), why, "object file would inflate past its limit; its frames stay as module+offset");
+                }
+            }
+            verdict
+        });
+        let debug_syms = match verdict {
+            Verdict::Full => self.debug_info,
+            Verdict::SymbolsOnly(_) => false,
+            Verdict::Refused(_) => return None,
+        };
+        let mut elf = Elf::new(path);
+        elf.debug_syms = debug_syms;
+        let source = Source::Elf(elf);
+        let blaze = &self.blaze;
+        let (result, shrank) =
+            crate::fault::watch(|| blaze.symbolize(&source, Input::FileOffset(offsets)));
+        if shrank {
+            drop(result);
+            self.stats.shrunk_objects += 1;
+            let _ = self.blaze.evict(&blaze::evict::Elf::new(path).into());
+            tracing::warn!(
+                object = %shown.display(),
+                "object file shrank while it was read; its frames stay as module+offset"
+            );
+            return None;
+        }
+        match result {
+            Ok(results) => Some(
+                results
+                    .iter()
+                    .map(|r| frames_of(&mut self.strings, r))
+                    .collect(),
+            ),
+            Err(err) => {
+                self.stats.unreadable_objects += 1;
+                tracing::warn!(
+                    object = %shown.display(),
+                    %err,
+                    "cannot read symbols (corrupt or unreadable ELF); its frames stay as module+offset"
+                );
+                None
             }
         }
     }

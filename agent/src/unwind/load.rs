@@ -37,9 +37,11 @@ pub fn load_bias(data: &[u8], start: u64, offset: u64) -> Option<u64> {
 /// The file at `path`, mapped read-only.
 pub fn map(path: &Path) -> Result<memmap2::Mmap, UnwindError> {
     let file = File::open(path).map_err(UnwindError::Read)?;
-    // SAFETY: read-only; a file truncated underneath would fault, which
-    // the loaders of mapped executables (and this) accept: executables in
-    // use cannot be written (ETXTBSY).
+    // SAFETY: read-only. Its owner may truncate the file underneath (a
+    // mapped library can be written, unlike a running executable); the
+    // reads run under `crate::fault::watch`, which turns that fault into
+    // zeros and tells the caller to discard what it read.
+    crate::fault::install();
     unsafe { memmap2::Mmap::map(&file) }.map_err(UnwindError::Read)
 }
 

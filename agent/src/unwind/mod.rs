@@ -49,6 +49,8 @@ pub enum UnwindError {
     TooLarge { limit: usize },
     #[error("code at {0:#x} lies beyond the 4 GiB a table row can address")]
     AddressTooHigh(u64),
+    #[error("the object file shrank while it was read")]
+    Shrunk,
 }
 
 /// A compiled table: rows sorted by `pc`.

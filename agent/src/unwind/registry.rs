@@ -17,6 +17,7 @@ use procfs::process::{MMPermissions, MMapPath};
 use rustc_hash::FxHashMap;
 
 use super::{
+    UnwindError,
     alloc::RowAllocator,
     compile_elf,
     load::{ObjectKey, load_bias, map as map_object},
@@ -61,6 +62,14 @@ pub struct UnwindStats {
     pub compile_errors: u64,
     /// Tables not loaded because the row array was full.
     pub tables_full: u64,
+    /// Times the row array was compacted to make room for a table, and
+    /// the tables moved doing it.
+    pub compactions: u64,
+    pub tables_moved: u64,
+    /// The longest free run of rows, against all free rows: 1 − their
+    /// ratio is the array's fragmentation.
+    pub largest_free_rows: u64,
+    pub free_rows: u64,
     /// Processes not added because the kernel's process map was full.
     pub processes_full: u64,
 }
@@ -76,6 +85,8 @@ struct Table {
 struct Loaded {
     key: ProcessKey,
     objects: Vec<ObjectKey>,
+    /// What the kernel holds for it (rewritten when a table moves).
+    entry: ProcessUnwind,
 }
 
 pub struct UnwindRegistry {
@@ -161,6 +172,8 @@ impl UnwindRegistry {
             processes: self.processes.len() as u64,
             objects: self.tables.values().filter(|t| t.rows > 0).count() as u64,
             rows: u64::from(self.allocator.used()),
+            largest_free_rows: u64::from(self.allocator.largest_free()),
+            free_rows: u64::from(self.allocator.free_rows()),
             ..self.stats
         }
     }
@@ -198,7 +211,9 @@ impl UnwindRegistry {
             let Ok(data) = map_object(&read_path) else {
                 continue;
             };
-            let Some(bias) = load_bias(&data, map.address.0, map.offset) else {
+            let (bias, shrank) =
+                crate::fault::watch(|| load_bias(&data, map.address.0, map.offset));
+            let Some(bias) = bias.filter(|_| !shrank) else {
                 continue;
             };
             let table = self.table(object, &data, &read_path);
@@ -210,6 +225,14 @@ impl UnwindRegistry {
                 rows: table.1,
             });
             objects.push(object);
+        }
+        // A table placed earlier in this loop may have moved since, when a
+        // later one compacted the array: take each from where it is now.
+        for (mapping, object) in mappings.iter_mut().zip(&objects) {
+            if let Some(table) = self.tables.get(object) {
+                mapping.first_row = table.first_row;
+                mapping.rows = table.rows;
+            }
         }
         let mut entry = ProcessUnwind {
             start_ns: key.start_ns,
@@ -225,7 +248,14 @@ impl UnwindRegistry {
             }
         }
         let result = self.maps.set_process(key.tgid, &entry);
-        let previous = self.processes.insert(key.tgid, Loaded { key, objects });
+        let previous = self.processes.insert(
+            key.tgid,
+            Loaded {
+                key,
+                objects,
+                entry,
+            },
+        );
         if let Some(previous) = previous {
             self.release(&previous.objects);
         }
@@ -244,9 +274,20 @@ impl UnwindRegistry {
         if let Some(table) = self.tables.get(&object) {
             return (table.first_row, table.rows);
         }
-        let (first_row, rows) = match compile_elf(data, self.limits.max_rows_per_object) {
+        let (compiled, shrank) =
+            crate::fault::watch(|| compile_elf(data, self.limits.max_rows_per_object));
+        let compiled = if shrank {
+            tracing::warn!(
+                object = %path.display(),
+                "object file shrank while its unwind table was read; walking it with frame pointers"
+            );
+            Err(UnwindError::Shrunk)
+        } else {
+            compiled
+        };
+        let (first_row, rows) = match compiled {
             Ok(table) if table.rows.is_empty() => (0, 0),
-            Ok(table) => match self.allocator.allocate(table.rows.len() as u32) {
+            Ok(table) => match self.allocate(table.rows.len() as u32) {
                 Some(first) => {
                     self.maps.write_rows(first, &table.rows);
                     (first, table.rows.len() as u32)
@@ -276,6 +317,62 @@ impl UnwindRegistry {
             },
         );
         (first_row, rows)
+    }
+
+    /// Rows for a table of `len`, compacting the array when it has them
+    /// free but not in one piece.
+    fn allocate(&mut self, len: u32) -> Option<u32> {
+        if let Some(first) = self.allocator.allocate(len) {
+            return Some(first);
+        }
+        let placed: Vec<(u32, u32)> = self
+            .tables
+            .values()
+            .filter(|t| t.rows > 0)
+            .map(|t| (t.first_row, t.rows))
+            .collect();
+        let moves = self.allocator.compact(&placed, len);
+        if moves.is_empty() {
+            return None;
+        }
+        self.stats.compactions += 1;
+        self.stats.tables_moved += moves.len() as u64;
+        for &(from, to, rows) in &moves {
+            self.move_table(from, to, rows);
+        }
+        tracing::debug!(
+            moved = moves.len(),
+            rows = len,
+            "unwind row array compacted"
+        );
+        self.allocator.allocate(len)
+    }
+
+    /// Moves the table at rows `from..from + rows` to `to`: copies the rows,
+    /// then repoints every process entry that uses it (the old rows stay
+    /// intact until then, so a walk in progress reads either place whole).
+    fn move_table(&mut self, from: u32, to: u32, rows: u32) {
+        self.maps.copy_rows(from, to, rows);
+        if let Some(table) = self
+            .tables
+            .values_mut()
+            .find(|t| t.first_row == from && t.rows == rows)
+        {
+            table.first_row = to;
+        }
+        for (&tgid, loaded) in &mut self.processes {
+            let count = loaded.entry.count as usize;
+            let mut changed = false;
+            for mapping in &mut loaded.entry.mappings[..count] {
+                if mapping.first_row == from && mapping.rows == rows {
+                    mapping.first_row = to;
+                    changed = true;
+                }
+            }
+            if changed && let Err(err) = self.maps.set_process(tgid, &loaded.entry) {
+                tracing::debug!(pid = tgid, %err, "repointing an unwind entry");
+            }
+        }
     }
 
     fn unload_process(&mut self, tgid: u32) {
