@@ -254,3 +254,232 @@ fn per_process_maps_are_empty_after_the_processes_exit() {
     let output = terminate(agent, Duration::from_secs(20));
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+/// libhot.c plus `padding` functions without frame pointers that each call
+/// the next (a frame of their own: several rows each), in `dir`, loaded by
+/// a dlopen_main of its own there (its own inode: its own table).
+fn build_padded_dlopen_fixture(dir: &Path, padding: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut source = std::fs::read_to_string(fixture_source("libhot.c")).unwrap();
+    source.push_str("volatile int pad_sink;\n");
+    for n in 0..padding {
+        let next = if n + 1 < padding {
+            format!("pad_{}(x + 1);", n + 1)
+        } else {
+            String::new()
+        };
+        source.push_str(&format!(
+            "__attribute__((noinline)) int pad_{n}(int x) {{ volatile char b[{}]; b[0] = x; pad_sink += b[0]; {next} return pad_sink; }}\n",
+            16 + n % 64
+        ));
+    }
+    let c = dir.join("libhot.c");
+    std::fs::write(&c, source).unwrap();
+    let built = Command::new("gcc")
+        .args(NO_FRAME_POINTERS)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(dir.join("libhot.so"))
+        .arg(&c)
+        .status()
+        .unwrap();
+    assert!(built.success(), "gcc libhot.so");
+    let mut flags = NO_FRAME_POINTERS.to_vec();
+    flags.push("-ldl");
+    build_c("dlopen_main.c", dir, &flags)
+}
+
+/// `hearth run --unwind dwarf` scoped to the cgroup `scope`, with
+/// `max_rows` rows, exporting to a receiver every second; its metrics port.
+fn start_unwinding_agent(
+    receiver: &OtlpReceiver,
+    socket: &Path,
+    scope: &str,
+    max_rows: Option<u64>,
+) -> (Running, u16) {
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let rows = max_rows.map(|r| r.to_string());
+    let mut env = vec![("HEARTH_SCOPE__CGROUPS", scope)];
+    if let Some(rows) = &rows {
+        env.push(("HEARTH_UNWIND__MAX_ROWS", rows.as_str()));
+    }
+    let agent = spawn_agent(
+        &[
+            "--otlp-endpoint",
+            &receiver.endpoint(),
+            "--export-interval",
+            "1s",
+            "--metrics-listen",
+            &metrics,
+            "--control-socket",
+            socket.to_str().unwrap(),
+            "--unwind",
+            "dwarf",
+            "-F",
+            "199",
+        ],
+        &env,
+    );
+    wait_ready(metrics_port, Duration::from_secs(20));
+    (agent, metrics_port)
+}
+
+fn unwind_metric(port: u16, series: &str) -> f64 {
+    let (_, text) = http_get(port, "/metrics");
+    metric(&text, series).unwrap_or(0.0)
+}
+
+/// Waits until the kernel holds more unwind rows than `above`; returns them.
+fn rows_beyond(port: u16, above: f64) -> f64 {
+    let deadline = std::time::Instant::now() + patience(Duration::from_secs(15));
+    loop {
+        let rows = unwind_metric(port, "hearth_unwind_rows");
+        if rows > above {
+            std::thread::sleep(Duration::from_millis(500));
+            return unwind_metric(port, "hearth_unwind_rows");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new unwind rows beyond {above}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The row array fragmented on purpose: three libraries of one size
+/// loaded one after the other, the first one's process gone, and a larger
+/// library that fits only if the third moves into the first one's gap.
+/// The agent compacts the real kernel array, and the process whose table
+/// moved keeps whole chains from main to the leaf.
+#[test]
+fn a_fragmented_row_array_is_compacted_and_moved_tables_still_unwind() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let small = |name: &str| build_padded_dlopen_fixture(&dir.path().join(name), 1500);
+    let fixtures = [
+        small("a"),
+        small("b"),
+        small("c"),
+        build_padded_dlopen_fixture(&dir.path().join("d"), 2250),
+    ];
+    let out = tempfile::tempdir().unwrap();
+    let receiver = OtlpReceiver::start("grpc", 0, &out.path().join("requests.jsonl"));
+    // Only the fixtures are sampled (scoped in the kernel), so only their
+    // objects take rows.
+    let mut cgroups = Cgroups::new();
+    let scope = format!("hearth-test-compaction-{}.slice", std::process::id());
+    let cgroup = cgroups.make(&scope);
+    let spawn = |fixture: &Path| {
+        let running = Running::spawn(fixture, &["60", "75"]);
+        cgroups.put(&cgroup, running.pid());
+        running
+    };
+
+    // Measure: rows of the shared objects and of each library with its
+    // executable, loading them in the order the real run will.
+    let (agent, port) = start_unwinding_agent(&receiver, &out.path().join("m.sock"), &scope, None);
+    let mut rows = Vec::new();
+    let mut running = Vec::new();
+    let mut before = unwind_metric(port, "hearth_unwind_rows");
+    for fixture in &fixtures {
+        running.push(spawn(fixture));
+        let now = rows_beyond(port, before);
+        rows.push(now);
+        before = now;
+    }
+    drop(running);
+    drop(terminate(agent, Duration::from_secs(20)));
+    let three = rows[2];
+    let small_rows = rows[2] - rows[1];
+    let large_rows = rows[3] - rows[2];
+    eprintln!(
+        "rows after each load: {rows:?}; a small library {small_rows}, the large one {large_rows}"
+    );
+    assert!(
+        large_rows > small_rows * 1.3,
+        "the large library is not larger"
+    );
+
+    // The run: the array holds the three, plus less than the large one.
+    let capacity = (three + small_rows * 0.75) as u64;
+    let (agent, port) = start_unwinding_agent(
+        &receiver,
+        &out.path().join("r.sock"),
+        &scope,
+        Some(capacity),
+    );
+    let mut first = spawn(&fixtures[0]);
+    let mut before = rows_beyond(port, 0.0);
+    let _second = spawn(&fixtures[1]);
+    before = rows_beyond(port, before);
+    let third = spawn(&fixtures[2]);
+    rows_beyond(port, before);
+    drop(first.kill_and_output());
+    std::thread::sleep(patience(Duration::from_secs(3))); // reaped, its tables freed
+    let _fourth = spawn(&fixtures[3]);
+    let deadline = std::time::Instant::now() + patience(Duration::from_secs(15));
+    while unwind_metric(port, "hearth_unwind_compactions_total") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the array was never compacted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let compacted_at = receiver.requests().len();
+    std::thread::sleep(patience(Duration::from_secs(4)));
+    let moved = unwind_metric(port, "hearth_unwind_tables_moved_total");
+    let refused = unwind_metric(
+        port,
+        "hearth_unwind_tables_not_loaded_total{reason=\"rows_full\"}",
+    );
+    drop(terminate(agent, Duration::from_secs(20)));
+
+    let after = &receiver.requests()[compacted_at..];
+    let (whole, all) = chains(after, third.pid());
+    eprintln!(
+        "capacity {capacity} rows; tables moved {moved}; refused for want of rows {refused}; \
+         samples of the process whose table moved, after the move: {all}, with main → work: {whole}"
+    );
+    assert!(moved >= 1.0);
+    assert_eq!(
+        refused, 0.0,
+        "a table was refused although compaction made room"
+    );
+    assert!(all >= 50, "too few samples after the move: {all}");
+    assert!(
+        whole as f64 >= all as f64 * 0.9,
+        "{whole} of {all} samples kept main → work"
+    );
+}
+
+/// Samples of `pid` in `requests` whose stack holds `main` and `work`,
+/// and all its samples.
+fn chains(requests: &[serde_json::Value], pid: u32) -> (u64, u64) {
+    let (mut whole, mut all) = (0, 0);
+    for resource in requests
+        .iter()
+        .flat_map(|r| r["resources"].as_array().cloned().unwrap_or_default())
+    {
+        if resource["attributes"]["process.pid"] != pid {
+            continue;
+        }
+        for sample in resource["profiles"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|p| p["samples"].as_array().cloned().unwrap_or_default())
+        {
+            let value = sample["value"].as_u64().unwrap_or(0);
+            let frames: Vec<&str> = sample["frames"]
+                .as_array()
+                .map(|f| f.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            all += value;
+            if frames.iter().any(|f| names(f, "main")) && frames.iter().any(|f| names(f, "work")) {
+                whole += value;
+            }
+        }
+    }
+    (whole, all)
+}
