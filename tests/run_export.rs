@@ -250,6 +250,18 @@ fn a_full_queue_drops_the_oldest_and_counts_them() {
 
     let receiver = OtlpReceiver::start("grpc", port, &dir.path().join("requests.jsonl"));
     receiver.wait_for(queued as usize, Duration::from_secs(20));
+    // Stop half a window after one ended, so the final window has samples
+    // (an empty window is not sent) and no other window ends meanwhile.
+    let windows_now = || {
+        let (_, metrics) = http_get(metrics_port, "/metrics");
+        metric(&metrics, "hearth_export_windows_total").unwrap()
+    };
+    let before = windows_now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while windows_now() == before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let (_, metrics) = http_get(metrics_port, "/metrics");
     let dropped = metric(&metrics, dropped_series).unwrap();
     let produced = metric(&metrics, "hearth_export_windows_total").unwrap();
