@@ -262,7 +262,8 @@ fn build_padded_dlopen_fixture(dir: &Path, padding: usize) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let mut source = std::fs::read_to_string(fixture_source("libhot.c")).unwrap();
     source.push_str("volatile int pad_sink;\n");
-    for n in 0..padding {
+    // Callees first, so each call has its declaration.
+    for n in (0..padding).rev() {
         let next = if n + 1 < padding {
             format!("pad_{}(x + 1);", n + 1)
         } else {
@@ -288,20 +289,25 @@ fn build_padded_dlopen_fixture(dir: &Path, padding: usize) -> PathBuf {
     build_c("dlopen_main.c", dir, &flags)
 }
 
-/// `hearth run --unwind dwarf` scoped to the cgroup `scope`, with
-/// `max_rows` rows, exporting to a receiver every second; its metrics port.
+/// The row store's shape for a test run: `(shard_rows, max_rows)`.
+type Store = Option<(u64, u64)>;
+
+/// `hearth run --unwind dwarf` scoped to the cgroup `scope`, with the row
+/// store `store` (the defaults if none), exporting to a receiver every
+/// second; its metrics port.
 fn start_unwinding_agent(
     receiver: &OtlpReceiver,
     socket: &Path,
     scope: &str,
-    max_rows: Option<u64>,
+    store: Store,
 ) -> (Running, u16) {
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let rows = max_rows.map(|r| r.to_string());
+    let store = store.map(|(shard, max)| (shard.to_string(), max.to_string()));
     let mut env = vec![("HEARTH_SCOPE__CGROUPS", scope)];
-    if let Some(rows) = &rows {
-        env.push(("HEARTH_UNWIND__MAX_ROWS", rows.as_str()));
+    if let Some((shard, max)) = &store {
+        env.push(("HEARTH_UNWIND__SHARD_ROWS", shard.as_str()));
+        env.push(("HEARTH_UNWIND__MAX_ROWS", max.as_str()));
     }
     let agent = spawn_agent(
         &[
@@ -400,13 +406,13 @@ fn a_fragmented_row_array_is_compacted_and_moved_tables_still_unwind() {
         "the large library is not larger"
     );
 
-    // The run: the array holds the three, plus less than the large one.
+    // The run: one shard that holds the three, plus less than the large one.
     let capacity = (three + small_rows * 0.75) as u64;
     let (agent, port) = start_unwinding_agent(
         &receiver,
         &out.path().join("r.sock"),
         &scope,
-        Some(capacity),
+        Some((capacity, capacity)),
     );
     let mut first = spawn(&fixtures[0]);
     let mut before = rows_beyond(port, 0.0);
@@ -482,4 +488,139 @@ fn chains(requests: &[serde_json::Value], pid: u32) -> (u64, u64) {
         }
     }
     (whole, all)
+}
+
+/// Waits until `series` reads `want`; fails naming `what` otherwise.
+fn wait_metric(port: u16, series: &str, want: f64, what: &str) {
+    let deadline = Instant::now() + patience(Duration::from_secs(15));
+    loop {
+        let value = unwind_metric(port, series);
+        if value == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {series} is {value}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The row store follows what the node runs: no shard while nothing
+/// needs a table, a second shard when a process's library does not fit
+/// the first (and its stacks unwind whole from there), the shards given
+/// back as the processes exit; at its cap a table is refused, counted and
+/// logged with what to raise, and the process is still profiled.
+#[test]
+fn the_row_store_grows_with_the_objects_and_gives_shards_back() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = ["a", "b"].map(|name| build_padded_dlopen_fixture(&dir.path().join(name), 1500));
+    let out = tempfile::tempdir().unwrap();
+    let receiver = OtlpReceiver::start("grpc", 0, &out.path().join("requests.jsonl"));
+    let mut cgroups = Cgroups::new();
+    let scope = format!("hearth-test-shards-{}.slice", std::process::id());
+    let cgroup = cgroups.make(&scope);
+    let spawn = |fixture: &Path| {
+        let running = Running::spawn(fixture, &["60", "75"]);
+        cgroups.put(&cgroup, running.pid());
+        running
+    };
+
+    // Measure: the rows of the first process (the shared objects, its
+    // program and library), and of the second's own program and library.
+    let (agent, port) = start_unwinding_agent(&receiver, &out.path().join("m.sock"), &scope, None);
+    let first = spawn(&fixtures[0]);
+    let one = rows_beyond(port, 0.0);
+    let second = spawn(&fixtures[1]);
+    let two = rows_beyond(port, one);
+    drop((first, second));
+    drop(terminate(agent, Duration::from_secs(20)));
+    let own = two - one;
+    // A shard holds the first process and a quarter of the second's own
+    // rows: the second's library goes to a shard of its own.
+    let shard = (one + own * 0.25) as u64;
+    eprintln!(
+        "rows of the first process {one}, of the second's own objects {own}; shards of {shard} rows"
+    );
+
+    let (agent, port) = start_unwinding_agent(
+        &receiver,
+        &out.path().join("g.sock"),
+        &scope,
+        Some((shard, 2 * shard)),
+    );
+    assert_eq!(
+        unwind_metric(port, "hearth_unwind_row_shards"),
+        0.0,
+        "a shard before any table"
+    );
+    let mut first = spawn(&fixtures[0]);
+    rows_beyond(port, 0.0);
+    wait_metric(port, "hearth_unwind_row_shards", 1.0, "one process");
+    let mut second = spawn(&fixtures[1]);
+    wait_metric(port, "hearth_unwind_row_shards", 2.0, "the second process");
+    let grown_at = receiver.requests().len();
+    std::thread::sleep(patience(Duration::from_secs(4)));
+    let after = receiver.requests()[grown_at..].to_vec();
+    let (whole, all) = chains(&after, second.pid());
+    drop(second.kill_and_output());
+    wait_metric(
+        port,
+        "hearth_unwind_row_shards",
+        1.0,
+        "the second process gone",
+    );
+    drop(first.kill_and_output());
+    wait_metric(port, "hearth_unwind_row_shards", 0.0, "both processes gone");
+    let added = unwind_metric(port, "hearth_unwind_shards_added_total");
+    let removed = unwind_metric(port, "hearth_unwind_shards_removed_total");
+    let output = terminate(agent, Duration::from_secs(20));
+    assert!(output.status.success(), "{}", stderr(&output));
+    eprintln!(
+        "shards added {added}, given back {removed}; samples of the process in the second shard: \
+         {all}, with main → work: {whole}"
+    );
+    assert_eq!((added, removed), (2.0, 2.0));
+    assert!(all >= 50, "too few samples from the second shard: {all}");
+    assert!(
+        whole as f64 >= all as f64 * 0.9,
+        "{whole} of {all} samples kept main → work"
+    );
+
+    // At the cap (one shard), the second library is refused, counted and
+    // logged; the second process is still profiled.
+    let (agent, port) = start_unwinding_agent(
+        &receiver,
+        &out.path().join("c.sock"),
+        &scope,
+        Some((shard, shard)),
+    );
+    let _first = spawn(&fixtures[0]);
+    rows_beyond(port, 0.0);
+    let capped_at = receiver.requests().len();
+    let second = spawn(&fixtures[1]);
+    wait_metric(
+        port,
+        "hearth_unwind_tables_not_loaded_total{reason=\"rows_full\"}",
+        1.0,
+        "a table past the cap",
+    );
+    std::thread::sleep(patience(Duration::from_secs(3)));
+    let shards = unwind_metric(port, "hearth_unwind_row_shards");
+    let output = terminate(agent, Duration::from_secs(20));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = stderr(&output);
+    let (_, all) = chains(&receiver.requests()[capped_at..], second.pid());
+    eprintln!("at the cap: {shards} shard, the refused process still had {all} samples");
+    assert_eq!(shards, 1.0);
+    assert!(
+        all >= 50,
+        "the process past the cap was not profiled: {all} samples"
+    );
+    assert_eq!(
+        log.matches("raise unwind.max_rows").count(),
+        1,
+        "the cap is logged once, saying what to raise:\n{log}"
+    );
 }

@@ -60,10 +60,11 @@ pub fn run() -> anyhow::Result<Report> {
         cgroup_capacity: Some(1),
         ignore_own_process: true,
         unwind_mode: UnwindMode::Dwarf,
-        unwind_capacity: UnwindCapacity {
-            rows: unwind::DEFAULT_MAX_ROWS,
-            processes: unwind::DEFAULT_MAX_PROCESSES,
-        },
+        unwind_capacity: UnwindCapacity::new(
+            unwind::DEFAULT_SHARD_ROWS,
+            unwind::DEFAULT_MAX_ROWS,
+            unwind::DEFAULT_MAX_PROCESSES,
+        ),
     })
     .context("loading the probes")?;
     probes.start().context("attaching the probes")?;

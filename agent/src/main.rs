@@ -180,22 +180,25 @@ fn unwind_summary(k: &hearth::probes::KernelCounters, u: &hearth::unwind::Unwind
         .collect();
     let mut line = format!(
         "unwind tables: {} user stacks walked; stopped early: {}; {} objects ({} rows) \
-         for {} processes",
+         for {} processes; row store {} of {} rows in {} shards",
         k.unwind_samples,
         reasons.join(", "),
         u.objects,
         u.rows,
         u.processes,
+        u.row_capacity,
+        u.max_rows,
+        u.shards,
     );
     if u.compile_errors > 0 {
         line += &format!(", {} objects without a usable .eh_frame", u.compile_errors);
     }
     if u.tables_full > 0 {
-        line += &format!(", {} tables left out (row array full)", u.tables_full);
+        line += &format!(", {} tables left out (row store full)", u.tables_full);
     }
     if u.compactions > 0 {
         line += &format!(
-            ", row array compacted {} times ({} tables moved)",
+            ", row store compacted {} times ({} tables moved)",
             u.compactions, u.tables_moved
         );
     }

@@ -84,6 +84,10 @@ pub struct Telemetry {
     pub unwind_rows: Gauge,
     pub unwind_row_capacity: Gauge,
     unwind_largest_free: Gauge,
+    unwind_shards: Gauge,
+    unwind_max_rows: Gauge,
+    unwind_shards_added: Counter,
+    unwind_shards_removed: Counter,
     unwind_compactions: Counter,
     unwind_tables_moved: Counter,
     pub unwind_not_loaded: Family<ReasonLabel, Counter>,
@@ -152,23 +156,43 @@ impl Telemetry {
         );
         r.register(
             "hearth_unwind_row_capacity",
-            "Unwind table rows the kernel array holds (unwind.max_rows)",
+            "Unwind table rows the shards made so far hold",
             t.unwind_row_capacity.clone(),
         );
         r.register(
+            "hearth_unwind_max_rows",
+            "Unwind table rows the store may grow to (unwind.max_rows, in whole shards)",
+            t.unwind_max_rows.clone(),
+        );
+        r.register(
+            "hearth_unwind_row_shards",
+            "Shards of the unwind row store made (unwind.shard_rows rows each)",
+            t.unwind_shards.clone(),
+        );
+        r.register(
+            "hearth_unwind_shards_added",
+            "Shards added to the unwind row store as tables needed room",
+            t.unwind_shards_added.clone(),
+        );
+        r.register(
+            "hearth_unwind_shards_removed",
+            "Empty shards the unwind row store gave back",
+            t.unwind_shards_removed.clone(),
+        );
+        r.register(
             "hearth_unwind_largest_free_rows",
-            "The longest run of free rows in the unwind row array (a table longer than this \
-             needs a compaction first; free rows minus this is the fragmentation)",
+            "The longest run of free rows in the unwind row store (a table longer than this \
+             needs a compaction or a new shard first; free rows minus this is the fragmentation)",
             t.unwind_largest_free.clone(),
         );
         r.register(
             "hearth_unwind_compactions",
-            "Times the unwind row array was compacted to fit a table",
+            "Times the unwind row store was compacted to fit a table",
             t.unwind_compactions.clone(),
         );
         r.register(
             "hearth_unwind_tables_moved",
-            "Tables moved by compactions of the unwind row array",
+            "Tables moved by compactions of the unwind row store",
             t.unwind_tables_moved.clone(),
         );
         r.register(
@@ -335,6 +359,10 @@ impl Telemetry {
         self.unwind_rows.set(u.rows as i64);
         self.unwind_row_capacity.set(u.row_capacity as i64);
         self.unwind_largest_free.set(u.largest_free_rows as i64);
+        self.unwind_shards.set(u.shards as i64);
+        self.unwind_max_rows.set(u.max_rows as i64);
+        advance_to(&self.unwind_shards_added, u.shards_added);
+        advance_to(&self.unwind_shards_removed, u.shards_removed);
         advance_to(&self.unwind_compactions, u.compactions);
         advance_to(&self.unwind_tables_moved, u.tables_moved);
         advance_reasons(

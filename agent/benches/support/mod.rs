@@ -119,10 +119,7 @@ pub fn record(seconds: u64, hz: u64, busy: bool) -> Vec<Vec<u8>> {
             ring_buffer_bytes: 16 << 20,
             filter_capacity: 1,
             unwind_mode: hearth_common::unwind::UnwindMode::FramePointers,
-            unwind_capacity: hearth::probes::UnwindCapacity {
-                rows: 1,
-                processes: 1,
-            },
+            unwind_capacity: hearth::probes::UnwindCapacity::new(1, 1, 1),
         })
         .expect("load the sampler");
         let mut ring = sampler.take_ring().unwrap();

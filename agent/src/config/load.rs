@@ -226,12 +226,23 @@ fn validate(config: &Config) -> Result<(), (&'static str, String)> {
     let unwind = &config.unwind;
     for (key, value) in [
         ("unwind.max_rows", unwind.max_rows),
+        ("unwind.shard_rows", unwind.shard_rows),
         ("unwind.max_rows_per_object", unwind.max_rows_per_object),
         ("unwind.max_processes", unwind.max_processes),
     ] {
         if value == 0 {
             return Err((key, "must be at least 1".into()));
         }
+    }
+    let stride = 1u32 << hearth_common::unwind::UNWIND_SHARD_STRIDE_LOG2;
+    if unwind.shard_rows > stride {
+        return Err((
+            "unwind.shard_rows",
+            format!(
+                "{} is more than a shard can hold; give at most {stride}",
+                unwind.shard_rows
+            ),
+        ));
     }
     if config.scope.is_scoped() && config.scope.max_cgroups == 0 {
         return Err(("scope.max_cgroups", "must be at least 1".into()));

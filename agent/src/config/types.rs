@@ -181,11 +181,17 @@ impl UnwindMethod {
 pub struct UnwindConfig {
     /// `fp`, `dwarf` or `auto`.
     pub mode: UnwindMethod,
-    /// Rows of compiled tables the kernel holds for all objects together,
-    /// 8 bytes each, allocated when the probes load (libc takes about
-    /// 28,000). Objects that do not fit are walked with frame pointers.
+    /// Most rows of compiled tables the kernel holds for all objects
+    /// together, 8 bytes each (libc takes about 28,000), rounded up to
+    /// whole shards. The store grows a shard at a time as tables need
+    /// room and gives shards back once no table is left in them; objects
+    /// that do not fit even then are walked with frame pointers, counted.
     pub max_rows: u32,
-    /// Rows one object's table may have.
+    /// Rows of one shard of the store (at most 1,048,576), allocated when
+    /// the shard is made.
+    pub shard_rows: u32,
+    /// Rows one object's table may have (a table must fit in one shard, so
+    /// `shard_rows` if that is less).
     pub max_rows_per_object: u32,
     /// Processes the kernel unwinder holds mappings for (2 KiB each,
     /// allocated when the probes load).
@@ -197,6 +203,7 @@ impl Default for UnwindConfig {
         Self {
             mode: UnwindMethod::Auto,
             max_rows: crate::unwind::DEFAULT_MAX_ROWS,
+            shard_rows: crate::unwind::DEFAULT_SHARD_ROWS,
             max_rows_per_object: crate::unwind::DEFAULT_MAX_ROWS_PER_OBJECT,
             max_processes: crate::unwind::DEFAULT_MAX_PROCESSES,
         }

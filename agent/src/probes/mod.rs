@@ -371,9 +371,9 @@ impl Probes {
             .map_max_entries(SOCKET_OWNERS, net.map_or(1, |n| n.socket_owners.max(1)))
             .map_max_entries(CALL_SITES, net.map_or(1, |n| n.call_sites.max(1)))
             .map_max_entries(
-                unwind::UNWIND_ROWS,
+                unwind::UNWIND_ROW_SHARDS,
                 if tables {
-                    settings.unwind_capacity.rows.max(1)
+                    settings.unwind_capacity.max_shards.max(1)
                 } else {
                     1
                 },
@@ -453,12 +453,12 @@ impl Probes {
             return Ok(None);
         }
         let mut take = |name: &'static str| match self.ebpf.take_map(name) {
-            Some(aya::maps::Map::Array(data) | aya::maps::Map::HashMap(data)) => Ok(data),
+            Some(aya::maps::Map::ArrayOfMaps(data) | aya::maps::Map::HashMap(data)) => Ok(data),
             _ => Err(ProbeError::Missing(name)),
         };
-        let rows = take(unwind::UNWIND_ROWS)?;
+        let shards = take(unwind::UNWIND_ROW_SHARDS)?;
         let processes = take(unwind::UNWIND_PROCESSES)?;
-        UnwindMaps::new(rows, processes, self.settings.unwind_capacity.rows.max(1)).map(Some)
+        UnwindMaps::new(shards, processes, self.settings.unwind_capacity).map(Some)
     }
 
     /// Hands out the CPU sample ring; call once, before [`start`](Self::start).

@@ -1,88 +1,175 @@
-//! The kernel unwinder's maps as the agent writes them: the shared row
-//! array (memory-mapped, so loading a table is a copy, not a system call
-//! per row) and the per-process mapping entries.
+//! The kernel unwinder's maps as the agent writes them: the row store
+//! (an array of row arrays, "shards", made as tables need them and each
+//! memory-mapped, so loading a table is a copy, not a system call per
+//! row) and the per-process mapping entries.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd},
+    os::fd::{AsFd as _, AsRawFd, OwnedFd},
     ptr::NonNull,
 };
 
-use aya::maps::{HashMap, MapData};
-use hearth_common::unwind::{ProcessUnwind, UnwindRow};
+use aya::maps::{ArrayOfMaps, HashMap, MapData};
+use hearth_common::unwind::{
+    ProcessUnwind, UNWIND_MAX_SHARDS, UNWIND_SHARD_STRIDE_LOG2, UnwindRow,
+};
 
 use super::{ProbeError, map_error};
 
-pub(super) const UNWIND_ROWS: &str = "UNWIND_ROWS";
+pub(super) const UNWIND_ROW_SHARDS: &str = "UNWIND_ROW_SHARDS";
 pub(super) const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
 pub(super) const UNWIND_PROGRAMS: &str = "UNWIND_PROGRAMS";
+
+/// `BPF_F_MMAPABLE | BPF_F_INNER_MAP`: the flags of the eBPF side's shard
+/// template, which every shard must carry too.
+const SHARD_FLAGS: u32 = 1024 | 4096;
 
 /// Limits of the kernel unwinder's maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnwindCapacity {
-    /// Rows of all loaded tables together (8 bytes each, allocated at load).
-    pub rows: u32,
-    /// Processes with tables (about 2 KiB each, allocated as used).
+    /// Rows of one shard of the row store (8 bytes each, allocated when
+    /// the shard is made).
+    pub shard_rows: u32,
+    /// Most shards the row store may have.
+    pub max_shards: u32,
+    /// Processes with tables (about 2 KiB each, allocated at load).
     pub processes: u32,
+}
+
+impl UnwindCapacity {
+    /// Shards of `shard_rows` (at most one shard stride) up to `max_rows`
+    /// rows in all, rounded up to a whole shard.
+    pub fn new(shard_rows: u32, max_rows: u32, processes: u32) -> Self {
+        let shard_rows = shard_rows.clamp(1, 1 << UNWIND_SHARD_STRIDE_LOG2);
+        Self {
+            shard_rows,
+            max_shards: max_rows.div_ceil(shard_rows).clamp(1, UNWIND_MAX_SHARDS),
+            processes,
+        }
+    }
+
+    /// Rows the store holds when every shard is made.
+    pub fn max_rows(&self) -> u64 {
+        u64::from(self.shard_rows) * u64::from(self.max_shards)
+    }
 }
 
 /// Writable view of the kernel unwinder's maps.
 pub struct UnwindMaps {
-    rows: RowArray,
+    shards_map: ArrayOfMaps<MapData, MapData>,
+    /// The same map, for the one call aya's ArrayOfMaps lacks.
+    shards_fd: OwnedFd,
+    shards: Vec<Shard>,
+    capacity: UnwindCapacity,
     processes: HashMap<MapData, u32, ProcessUnwind>,
 }
 
 impl UnwindMaps {
     pub(super) fn new(
-        rows: MapData,
+        shards: MapData,
         processes: MapData,
-        capacity: u32,
+        capacity: UnwindCapacity,
     ) -> Result<Self, ProbeError> {
         let processes = HashMap::try_from(aya::maps::Map::HashMap(processes))
             .map_err(|source| map_error(UNWIND_PROCESSES, source))?;
+        let shards_fd = shards
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(ProbeError::MapMemory)?;
+        let shards_map = ArrayOfMaps::try_from(aya::maps::Map::ArrayOfMaps(shards))
+            .map_err(|source| map_error(UNWIND_ROW_SHARDS, source))?;
         Ok(Self {
-            rows: RowArray::map(rows, capacity)?,
+            shards_map,
+            shards_fd,
+            shards: Vec::new(),
+            capacity,
             processes,
         })
     }
 
-    /// Rows the array holds.
-    pub fn row_capacity(&self) -> u32 {
-        self.rows.len as u32
+    /// Rows of one shard, and the most shards there may be.
+    pub fn capacity(&self) -> UnwindCapacity {
+        self.capacity
     }
 
-    /// Copies `rows` into the array from index `first` on.
+    /// Shards made so far.
+    pub fn shards(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    /// Makes the next shard (rows `shards() << UNWIND_SHARD_STRIDE_LOG2`
+    /// onwards) and hands it to the kernel.
+    pub fn add_shard(&mut self) -> Result<(), ProbeError> {
+        let index = self.shards();
+        assert!(index < self.capacity.max_shards, "shard beyond the store");
+        let definition = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            size_of::<u32>() as u32,
+            size_of::<UnwindRow>() as u32,
+            self.capacity.shard_rows,
+            SHARD_FLAGS,
+        );
+        let array = MapData::create(definition, "hearth_rows", None)
+            .map_err(|source| map_error(UNWIND_ROW_SHARDS, source))?;
+        let shard = Shard::map(array, self.capacity.shard_rows)?;
+        self.shards_map
+            .set(index, &shard.array, 0)
+            .map_err(|source| map_error(UNWIND_ROW_SHARDS, source))?;
+        self.shards.push(shard);
+        Ok(())
+    }
+
+    /// Takes the last shard from the kernel and frees it; no process entry
+    /// may point into it.
+    pub fn remove_last_shard(&mut self) {
+        let Some(index) = self.shards().checked_sub(1) else {
+            return;
+        };
+        // An array of maps slot is emptied by deleting it; aya's
+        // ArrayOfMaps has no remove, so the syscall is made here.
+        // Should the delete fail, the slot keeps the (empty) shard alive in
+        // the kernel until a new shard is set there; nothing points into it.
+        if let Err(err) = delete_slot(&self.shards_fd, index) {
+            tracing::debug!(%err, shard = index, "emptying a row store slot");
+        }
+        self.shards.pop();
+    }
+
+    /// Copies `rows` into the store from row `first` on.
     pub fn write_rows(&mut self, first: u32, rows: &[UnwindRow]) {
-        let first = first as usize;
-        assert!(first + rows.len() <= self.rows.len, "rows beyond the array");
-        // SAFETY: the range is inside the mapping (checked above); the kernel
-        // only reads rows a process entry points at, and none points here yet.
+        let (shard, at) = self.locate(first, rows.len());
+        // SAFETY: the range is inside the shard's mapping (checked by
+        // locate); the kernel only reads rows a process entry points at,
+        // and none points here yet.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                rows.as_ptr(),
-                self.rows.base.as_ptr().add(first),
-                rows.len(),
-            );
+            std::ptr::copy_nonoverlapping(rows.as_ptr(), shard.base.as_ptr().add(at), rows.len());
         }
     }
 
     /// Copies rows `from..from + len` to `to..to + len` (ranges that do not
     /// overlap), for moving a table into a gap.
     pub fn copy_rows(&mut self, from: u32, to: u32, len: u32) {
-        let (from, to, len) = (from as usize, to as usize, len as usize);
+        let len = len as usize;
+        let (source, at) = self.locate(from, len);
+        let source = NonNull::new(source.base.as_ptr().wrapping_add(at)).expect("in the shard");
+        let (target, at) = self.locate(to, len);
+        let target = target.base.as_ptr().wrapping_add(at);
         assert!(
-            from + len <= self.rows.len && to + len <= self.rows.len,
-            "rows beyond the array"
-        );
-        assert!(
-            from + len <= to || to + len <= from,
+            source.as_ptr().wrapping_add(len) <= target
+                || target.wrapping_add(len) <= source.as_ptr(),
             "overlapping row ranges"
         );
-        // SAFETY: both ranges are inside the mapping and disjoint (checked
-        // above); no process entry points at the destination yet.
-        unsafe {
-            let base = self.rows.base.as_ptr();
-            std::ptr::copy_nonoverlapping(base.add(from), base.add(to), len);
-        }
+        // SAFETY: both ranges are inside shard mappings and disjoint
+        // (checked above); no process entry points at the destination yet.
+        unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), target, len) };
+    }
+
+    /// The shard holding rows `first..first + len`, and where they start.
+    fn locate(&self, first: u32, len: usize) -> (&Shard, usize) {
+        let shard = &self.shards[(first >> UNWIND_SHARD_STRIDE_LOG2) as usize];
+        let at = (first & ((1 << UNWIND_SHARD_STRIDE_LOG2) - 1)) as usize;
+        assert!(at + len <= shard.len, "rows beyond the shard");
+        (shard, at)
     }
 
     /// Sets (or replaces) the entry of process `tgid`.
@@ -104,19 +191,52 @@ impl UnwindMaps {
     }
 }
 
-/// `UNWIND_ROWS`, mapped into the agent's memory.
-struct RowArray {
+/// Deletes slot `index` of an array of maps (the kernel allows it for
+/// map-in-map arrays: the slot then holds no map).
+fn delete_slot(map: &OwnedFd, index: u32) -> std::io::Result<()> {
+    #[repr(C)]
+    struct DeleteAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+    }
+    let attr = DeleteAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&index) as u64,
+    };
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+    // SAFETY: a BPF_MAP_DELETE_ELEM call with a valid attribute block whose
+    // key points at a live u32.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            std::ptr::from_ref(&attr),
+            size_of::<DeleteAttr>() as u32,
+        )
+    };
+    if result < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// One shard, mapped into the agent's memory.
+struct Shard {
+    array: MapData,
     base: NonNull<UnwindRow>,
     len: usize,
     bytes: usize,
-    _map: MapData,
 }
 
-// SAFETY: the mapping is owned by this value and only written through &mut.
-unsafe impl Send for RowArray {}
+// SAFETY: the mapping is owned by this value and only written through
+// &mut UnwindMaps.
+unsafe impl Send for Shard {}
 
-impl RowArray {
-    fn map(map: MapData, len: u32) -> Result<Self, ProbeError> {
+impl Shard {
+    fn map(array: MapData, len: u32) -> Result<Self, ProbeError> {
         let page = super::page_size();
         let len = len as usize;
         let bytes = (len * size_of::<UnwindRow>()).div_ceil(page) * page;
@@ -128,7 +248,7 @@ impl RowArray {
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
+                array.fd().as_fd().as_raw_fd(),
                 0,
             )
         };
@@ -136,15 +256,15 @@ impl RowArray {
             return Err(ProbeError::MapMemory(std::io::Error::last_os_error()));
         }
         Ok(Self {
+            array,
             base: NonNull::new(base.cast()).expect("mmap returned null"),
             len,
             bytes,
-            _map: map,
         })
     }
 }
 
-impl Drop for RowArray {
+impl Drop for Shard {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `map`, not used after this.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };

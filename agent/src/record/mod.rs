@@ -113,10 +113,11 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         cgroup_capacity: None,
         ignore_own_process: true,
         unwind_mode: options.unwind.kernel_mode(),
-        unwind_capacity: UnwindCapacity {
-            rows: unwind::DEFAULT_MAX_ROWS,
-            processes: options.max_traced_processes,
-        },
+        unwind_capacity: UnwindCapacity::new(
+            unwind::DEFAULT_SHARD_ROWS,
+            unwind::DEFAULT_MAX_ROWS,
+            options.max_traced_processes,
+        ),
     })
     .context("loading the probes")?;
     for (event, reason) in network::refused_events(&network_events, sampler.refused_kinds()) {

@@ -209,10 +209,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .bytes(online_cpu_count(), config.frequency),
         filter_capacity: 1,
         unwind_mode: config.unwind.mode.kernel_mode(),
-        unwind_capacity: UnwindCapacity {
-            rows: config.unwind.max_rows,
-            processes: config.unwind.max_processes,
-        },
+        unwind_capacity: UnwindCapacity::new(
+            config.unwind.shard_rows,
+            config.unwind.max_rows,
+            config.unwind.max_processes,
+        ),
     })
     .context("loading the probes")?;
     for (event, reason) in network::refused_events(&network_events, sampler.refused_kinds()) {

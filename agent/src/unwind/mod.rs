@@ -20,10 +20,13 @@ mod registry;
 
 pub use load::ObjectKey;
 
-/// Default `unwind.max_rows`: 8 MiB of rows, room for libc many times over
-/// and a few large binaries.
-pub const DEFAULT_MAX_ROWS: u32 = 1 << 20;
-/// Default `unwind.max_rows_per_object`.
+/// Default `unwind.shard_rows`: 4 MiB of rows a shard, room for libc
+/// (about 28,000 rows) many times over, or one very large binary.
+pub const DEFAULT_SHARD_ROWS: u32 = 1 << 19;
+/// Default `unwind.max_rows`: 32 MiB of rows when all eight shards are
+/// made; a node that needs less never makes them.
+pub const DEFAULT_MAX_ROWS: u32 = 1 << 22;
+/// Default `unwind.max_rows_per_object` (a table must fit in one shard).
 pub const DEFAULT_MAX_ROWS_PER_OBJECT: u32 = 1 << 19;
 /// Longest wait between re-reads of a process whose samples keep finding
 /// addresses outside its known mappings.

@@ -57,12 +57,19 @@ pub struct UnwindStats {
     pub processes: u64,
     pub objects: u64,
     pub rows: u64,
+    /// Rows of the shards made, and shards made.
     pub row_capacity: u64,
+    pub shards: u64,
+    /// Rows the store may grow to (`unwind.max_rows`, in whole shards).
+    pub max_rows: u64,
+    /// Shards made as tables needed room, and given back once empty.
+    pub shards_added: u64,
+    pub shards_removed: u64,
     /// Objects whose `.eh_frame` could not be compiled (each counted once).
     pub compile_errors: u64,
-    /// Tables not loaded because the row array was full.
+    /// Tables not loaded because the row store was full at its cap.
     pub tables_full: u64,
-    /// Times the row array was compacted to make room for a table, and
+    /// Times the row store was compacted to make room for a table, and
     /// the tables moved doing it.
     pub compactions: u64,
     pub tables_moved: u64,
@@ -99,23 +106,31 @@ pub struct UnwindRegistry {
     retries: FxHashMap<u32, Retry>,
     stats: UnwindStats,
     nanos_per_tick: u64,
+    /// Whether the store being full at its cap was logged (once).
+    told_full: bool,
 }
 
 impl UnwindRegistry {
+    /// A registry whose store has no shard yet: the first is made when
+    /// the first table is loaded.
     pub fn new(maps: UnwindMaps, limits: UnwindLimits) -> Self {
-        let capacity = maps.row_capacity();
+        let capacity = maps.capacity();
         Self {
             maps,
-            limits,
+            limits: UnwindLimits {
+                max_rows_per_object: limits.max_rows_per_object.min(capacity.shard_rows as usize),
+                ..limits
+            },
             tables: FxHashMap::default(),
-            allocator: RowAllocator::new(capacity),
+            allocator: RowAllocator::new(capacity.shard_rows),
             processes: FxHashMap::default(),
             retries: FxHashMap::default(),
             stats: UnwindStats {
-                row_capacity: u64::from(capacity),
+                max_rows: capacity.max_rows(),
                 ..UnwindStats::default()
             },
             nanos_per_tick: 1_000_000_000 / procfs::ticks_per_second().max(1),
+            told_full: false,
         }
     }
 
@@ -171,9 +186,11 @@ impl UnwindRegistry {
         UnwindStats {
             processes: self.processes.len() as u64,
             objects: self.tables.values().filter(|t| t.rows > 0).count() as u64,
-            rows: u64::from(self.allocator.used()),
+            rows: self.allocator.used(),
+            row_capacity: self.allocator.capacity(),
+            shards: u64::from(self.allocator.shards()),
             largest_free_rows: u64::from(self.allocator.largest_free()),
-            free_rows: u64::from(self.allocator.free_rows()),
+            free_rows: self.allocator.free_rows(),
             ..self.stats
         }
     }
@@ -294,11 +311,20 @@ impl UnwindRegistry {
                 }
                 None => {
                     self.stats.tables_full += 1;
-                    tracing::warn!(
-                        object = %path.display(),
-                        rows = table.rows.len(),
-                        "the unwind row array is full (unwind.max_rows); walking with frame pointers"
-                    );
+                    let message = "the unwind row store is full at unwind.max_rows; this object \
+                                   and others that do not fit are walked with frame pointers \
+                                   (hearth_unwind_tables_not_loaded_total{reason=\"rows_full\"}); \
+                                   raise unwind.max_rows to give them tables";
+                    if std::mem::replace(&mut self.told_full, true) {
+                        tracing::debug!(object = %path.display(), rows = table.rows.len(), "{message}");
+                    } else {
+                        tracing::warn!(
+                            object = %path.display(),
+                            rows = table.rows.len(),
+                            max_rows = self.stats.max_rows,
+                            "{message}"
+                        );
+                    }
                     (0, 0)
                 }
             },
@@ -319,12 +345,50 @@ impl UnwindRegistry {
         (first_row, rows)
     }
 
-    /// Rows for a table of `len`, compacting the array when it has them
-    /// free but not in one piece.
+    /// Rows for a table of `len`: compacting the store when it has them
+    /// free but not in one piece, else adding a shard while under the cap.
     fn allocate(&mut self, len: u32) -> Option<u32> {
         if let Some(first) = self.allocator.allocate(len) {
             return Some(first);
         }
+        if let Some(first) = self.compact(len) {
+            return Some(first);
+        }
+        if self.allocator.shards() >= self.maps.capacity().max_shards {
+            return None;
+        }
+        if let Err(err) = self.maps.add_shard() {
+            tracing::warn!(
+                err = %crate::error_chain(&err),
+                "adding an unwind row shard failed; objects that do not fit are walked with frame pointers"
+            );
+            return None;
+        }
+        self.allocator.grow();
+        self.stats.shards_added += 1;
+        tracing::debug!(
+            shards = self.allocator.shards(),
+            rows = self.allocator.capacity(),
+            "unwind row store grew"
+        );
+        self.allocator.allocate(len)
+    }
+
+    /// Gives back the shards at the top of the store that no table uses.
+    fn shrink(&mut self) {
+        while self.allocator.shrink() {
+            self.maps.remove_last_shard();
+            self.stats.shards_removed += 1;
+            tracing::debug!(
+                shards = self.allocator.shards(),
+                "unwind row store gave back an empty shard"
+            );
+        }
+    }
+
+    /// Rows for a table of `len` made by moving tables into gaps, if the
+    /// store has that many free.
+    fn compact(&mut self, len: u32) -> Option<u32> {
         let placed: Vec<(u32, u32)> = self
             .tables
             .values()
@@ -343,7 +407,7 @@ impl UnwindRegistry {
         tracing::debug!(
             moved = moves.len(),
             rows = len,
-            "unwind row array compacted"
+            "unwind row store compacted"
         );
         self.allocator.allocate(len)
     }
@@ -400,6 +464,7 @@ impl UnwindRegistry {
                 entry.remove();
             }
         }
+        self.shrink();
     }
 }
 

@@ -91,6 +91,14 @@ pub enum UnwindOutcome {
     Unsupported = 6,
 }
 
+/// Rows of the kernel's row store are numbered in strides of
+/// `1 << UNWIND_SHARD_STRIDE_LOG2`, one stride per shard: row `r` is row
+/// `r & (stride - 1)` of shard `r >> UNWIND_SHARD_STRIDE_LOG2`. A shard
+/// holds at most one stride of rows, and no table spans two shards.
+pub const UNWIND_SHARD_STRIDE_LOG2: u32 = 20;
+/// Most shards the row numbering leaves room for.
+pub const UNWIND_MAX_SHARDS: u32 = 1 << (32 - UNWIND_SHARD_STRIDE_LOG2);
+
 /// Most executable mappings of one process the kernel unwinder knows;
 /// addresses in further mappings are walked with frame pointers.
 pub const MAX_UNWIND_MAPPINGS: usize = 64;
@@ -98,7 +106,8 @@ pub const MAX_UNWIND_MAPPINGS: usize = 64;
 /// One executable mapping of a process and the table that covers it:
 /// an address `a` in `start..end` is `a - bias` in the object's own
 /// address space, looked up in rows `first_row..first_row + rows` of
-/// `UNWIND_ROWS`. `rows == 0`: the object has no table.
+/// the row store (see [`UNWIND_SHARD_STRIDE_LOG2`]). `rows == 0`: the
+/// object has no table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindMapping {

@@ -5,32 +5,42 @@
 //! then it writes the sample to the ring.
 //!
 //! Each frame: find the mapping holding the address in the process's
-//! `UNWIND_PROCESSES` entry, the row covering it in `UNWIND_ROWS`, and
+//! `UNWIND_PROCESSES` entry, the row covering it in its shard of
+//! `UNWIND_ROW_SHARDS`, and
 //! apply the row's rule (CFA from the stack or frame pointer, the saved
 //! frame pointer, PLT stubs, signal frames). Where no table covers an
 //! address the frame pointer is followed instead.
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE},
+    btf_maps,
     helpers::bpf_probe_read_user,
-    macros::{map, perf_event},
-    maps::{Array, HashMap, PerCpuArray, ProgramArray},
+    macros::{btf_map, map, perf_event},
+    maps::{HashMap, PerCpuArray, ProgramArray},
     programs::PerfEventContext,
 };
 use hearth_common::{
     Counter, MAX_STACK_DEPTH, SAMPLE_NEEDS_TABLES,
     unwind::{
         MAX_UNWIND_MAPPINGS, ProcessUnwind, UNWIND_FRAMES_PER_CALL, UNWIND_MAX_TAIL_CALLS,
-        UnwindKind, UnwindMapping, UnwindOutcome, UnwindRow, UnwindState,
+        UNWIND_SHARD_STRIDE_LOG2, UnwindKind, UnwindMapping, UnwindOutcome, UnwindRow, UnwindState,
     },
 };
 
 use crate::cpu::{SCRATCH, count, submit};
 
-/// Every loaded object's rows, one object after another; size set by the
-/// agent (`unwind.max_rows`), which writes them through a memory mapping.
-#[map]
-pub(crate) static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// One shard of the row store: rows of whole tables, one after another,
+/// written by the agent through a memory mapping. The agent makes the
+/// shards (`unwind.shard_rows` rows each) as tables need them;
+/// `BPF_F_INNER_MAP` lets their size differ from this template's.
+type RowShard = btf_maps::Array<UnwindRow, 1, { (BPF_F_MMAPABLE | BPF_F_INNER_MAP) as usize }>;
+
+/// The row store: shard `n` holds rows `n << UNWIND_SHARD_STRIDE_LOG2`
+/// onwards. Slots past the shards made so far are empty; how many there
+/// can be is set by the agent (`unwind.max_rows`).
+#[btf_map]
+pub(crate) static UNWIND_ROW_SHARDS: btf_maps::ArrayOfMaps<RowShard, 1> =
+    btf_maps::ArrayOfMaps::new();
 
 /// Processes the agent loaded tables for, by tgid; size set by the agent
 /// (`unwind.max_processes`). Preallocated: kernels before 6.1 refuse
@@ -47,8 +57,8 @@ pub(crate) static UNWIND_PROGRAMS: ProgramArray = ProgramArray::with_max_entries
 
 /// Binary-search steps: enough for `MAX_UNWIND_MAPPINGS` mappings.
 const MAPPING_SEARCH_STEPS: usize = 7;
-/// Binary-search steps: enough for 16 Mi rows in one object.
-const ROW_SEARCH_STEPS: usize = 24;
+/// Binary-search steps: enough for a table filling a whole shard stride.
+const ROW_SEARCH_STEPS: usize = UNWIND_SHARD_STRIDE_LOG2 as usize + 1;
 
 /// `struct ucontext` on x86-64: the signal frame's saved registers
 /// (`uc_mcontext`, a `struct sigcontext`) start 40 bytes in.
@@ -263,17 +273,19 @@ fn find_mapping(tables: &ProcessUnwind, pc: u64) -> Option<&UnwindMapping> {
 }
 
 /// The last row of the mapping's table at or before `pc` (an address in
-/// the object's own space), by binary search.
+/// the object's own space), by binary search in the table's shard.
 #[inline(always)]
 fn find_row(mapping: &UnwindMapping, pc: u64) -> Option<UnwindRow> {
     let pc = u32::try_from(pc).ok()?;
+    let shard = UNWIND_ROW_SHARDS.get(mapping.first_row >> UNWIND_SHARD_STRIDE_LOG2)?;
+    let first = mapping.first_row & ((1 << UNWIND_SHARD_STRIDE_LOG2) - 1);
     let (mut low, mut high) = (0u32, mapping.rows);
     for _ in 0..ROW_SEARCH_STEPS {
         if low >= high {
             break;
         }
         let middle = low + (high - low) / 2;
-        let row = UNWIND_ROWS.get(mapping.first_row.wrapping_add(middle))?;
+        let row = shard.get(first.wrapping_add(middle))?;
         if row.pc <= pc {
             low = middle + 1;
         } else {
@@ -283,7 +295,5 @@ fn find_row(mapping: &UnwindMapping, pc: u64) -> Option<UnwindRow> {
     if low == 0 {
         return None;
     }
-    UNWIND_ROWS
-        .get(mapping.first_row.wrapping_add(low - 1))
-        .copied()
+    shard.get(first.wrapping_add(low - 1)).copied()
 }

@@ -49,7 +49,10 @@ pub const SUBSET: &[(&str, &[&str])] = &[
     ),
     (
         "unwind",
-        &["per_process_maps_are_empty_after_the_processes_exit"],
+        &[
+            "per_process_maps_are_empty_after_the_processes_exit",
+            "the_row_store_grows_with_the_objects_and_gives_shards_back",
+        ],
     ),
 ];
 
