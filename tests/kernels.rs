@@ -92,14 +92,7 @@ fn every_network_event_is_recorded_or_refused_by_name() {
         dir.path(),
         &["-O2", "-fno-omit-frame-pointer"],
     );
-    let events = [
-        "tx-bytes",
-        "rx-bytes",
-        "retransmits",
-        "resets",
-        "connect-latency",
-        "drops",
-    ];
+    let events = hearth_devtools::NETWORK_EVENTS;
     let out = dir.path().join("net.folded");
     let mut args = vec!["record", "--output", out.to_str().unwrap()];
     for event in &events {

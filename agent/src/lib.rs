@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod check;
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod control;
 pub mod event;

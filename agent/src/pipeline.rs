@@ -8,11 +8,10 @@ use crate::{
     aggregate::StackTable,
     event::Event,
     network::{NetAggregator, NetStats},
-    probes::{NetRecord, ProbeError, Probes, RawSample, SampleRing},
+    probes::{NetRecord, RawSample},
     process::{ProcessKey, ProcessLimits, ProcessTable},
     profile::{Profile, ProfileMeta, build_profile},
     symbolize::{Symbolizer, SymbolizerStats},
-    unwind::UnwindRegistry,
 };
 use hearth_common::SAMPLE_NEEDS_TABLES;
 use rustc_hash::FxHashSet;
@@ -21,39 +20,6 @@ use rustc_hash::FxHashSet;
 #[derive(Clone, Copy, Debug)]
 pub struct WindowLimits {
     pub idle_windows: u32,
-}
-
-/// Reads what waits in the network ring (batched records do not wake the
-/// agent), and tells the kernel when the agent forgot the stacks its call
-/// sites point at.
-pub fn drain_network(
-    ring: &mut SampleRing,
-    pipeline: &mut Pipeline,
-    probes: &mut Probes,
-) -> Result<(), ProbeError> {
-    ring.drain(|record| pipeline.ingest_net(record));
-    match pipeline.take_stack_generation() {
-        Some(generation) => probes.set_stack_generation(generation),
-        None => Ok(()),
-    }
-}
-
-/// Reads what waits in the CPU ring (each record also handed to `tee`),
-/// then loads the unwind tables its samples asked for.
-pub fn drain_cpu(
-    ring: &mut SampleRing,
-    pipeline: &mut Pipeline,
-    unwinder: Option<&mut UnwindRegistry>,
-    mut tee: impl FnMut(&[u8]),
-) {
-    ring.drain(|record| {
-        pipeline.ingest(record);
-        tee(record);
-    });
-    let requests = std::mem::take(&mut pipeline.unwind_requests);
-    if let Some(unwinder) = unwinder {
-        unwinder.serve(requests);
-    }
 }
 
 /// Most distinct processes asking for unwind tables between two drains.
@@ -85,6 +51,11 @@ impl Pipeline {
             earlier_samples: 0,
             earlier_network_events: 0,
         }
+    }
+
+    /// Processes whose samples asked for unwind tables since the last call.
+    pub fn take_unwind_requests(&mut self) -> FxHashSet<ProcessKey> {
+        std::mem::take(&mut self.unwind_requests)
     }
 
     /// Also aggregates network events, through `network`.

@@ -31,70 +31,137 @@ use crate::{
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ExporterLabel {
-    pub exporter: &'static str,
+struct ExporterLabel {
+    exporter: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DropLabels {
-    pub exporter: &'static str,
-    pub reason: &'static str,
+struct DropLabels {
+    exporter: &'static str,
+    reason: &'static str,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+type Reasons = Family<ReasonLabel, Counter>;
+type PerExporter<M = Counter> = Family<ExporterLabel, M>;
 
-/// Every metric the agent reports. A "profile" in the export metrics is
-/// the payload of one export interval (all of its resources' profiles).
-#[derive(Default)]
+/// The metric table: each metric's field, type, exposed name (with its
+/// unit, if any) and help, registered in this order.
+macro_rules! metric_table {
+    ($($field:ident: $ty:ty = $name:literal $(in $unit:ident)?, $help:expr;)*) => {
+        #[derive(Default)]
+        struct Metrics {
+            $($field: $ty,)*
+        }
+
+        impl Metrics {
+            fn register(&self, registry: &mut Registry) {
+                $(
+                    let unit: Option<Unit> = None $(.or(Some(Unit::$unit)))?;
+                    match unit {
+                        Some(unit) => registry.register_with_unit(
+                            $name, $help, unit, self.$field.clone()),
+                        None => registry.register($name, $help, self.$field.clone()),
+                    }
+                )*
+            }
+        }
+    };
+}
+
+metric_table! {
+    samples: Counter = "hearth_samples", "CPU samples read from the kernel";
+    kernel_samples_lost: Reasons = "hearth_kernel_samples_lost",
+        "Samples the kernel could not deliver (ring_full: the ring-buffer reservation failed)";
+    stack_errors: Reasons = "hearth_stack_walk_errors",
+        "Samples kept without one of their stacks, by which walk failed";
+    unwind_walks: Counter = "hearth_unwind_stack_walks",
+        "User stacks walked with unwind tables in the kernel";
+    unwind_stopped: Reasons = "hearth_unwind_stopped_early",
+        "Table walks that stopped before the outermost frame, by why (no_table: no \
+         table and no usable frame pointer; bad_cfa; read_error; depth_limit; \
+         unsupported: a rule the unwinder does not follow; tail_call)";
+    unwind_processes: Gauge = "hearth_unwind_processes",
+        "Processes with unwind tables in the kernel";
+    unwind_objects: Gauge = "hearth_unwind_objects",
+        "Object files with a table in the kernel, shared by the processes mapping them";
+    unwind_rows: Gauge = "hearth_unwind_rows",
+        "Unwind table rows in use in the kernel (8 bytes each)";
+    unwind_row_capacity: Gauge = "hearth_unwind_row_capacity",
+        "Unwind table rows the shards made so far hold";
+    unwind_max_rows: Gauge = "hearth_unwind_max_rows",
+        "Unwind table rows the store may grow to (unwind.max_rows, in whole shards)";
+    unwind_shards: Gauge = "hearth_unwind_row_shards",
+        "Shards of the unwind row store made (unwind.shard_rows rows each)";
+    unwind_shards_added: Counter = "hearth_unwind_shards_added",
+        "Shards added to the unwind row store as tables needed room";
+    unwind_shards_removed: Counter = "hearth_unwind_shards_removed",
+        "Empty shards the unwind row store gave back";
+    unwind_largest_free: Gauge = "hearth_unwind_largest_free_rows",
+        "The longest run of free rows in the unwind row store (a table longer than this \
+         needs a compaction or a new shard first; free rows minus this is the fragmentation)";
+    unwind_compactions: Counter = "hearth_unwind_compactions",
+        "Times the unwind row store was compacted to fit a table";
+    unwind_tables_moved: Counter = "hearth_unwind_tables_moved",
+        "Tables moved by compactions of the unwind row store";
+    unwind_not_loaded: Reasons = "hearth_unwind_tables_not_loaded",
+        "Tables or processes left to frame pointers (compile_error: unreadable or \
+         malformed .eh_frame; rows_full: unwind.max_rows reached; processes_full: \
+         unwind.max_processes reached)";
+    network_events: Counter = "hearth_network_events", "Network events read from the kernel";
+    network_events_lost: Reasons = "hearth_network_events_lost",
+        "Network events lost (ring_full: the ring was full; connect_unmatched: \
+         a connect's start was not kept, so it has no latency)";
+    malformed_records: Counter = "hearth_malformed_records",
+        "Ring records that could not be decoded";
+    windows: Counter = "hearth_export_windows", "Export intervals completed";
+    exported: PerExporter = "hearth_profiles_exported", "Profiles delivered, per exporter";
+    failed: PerExporter = "hearth_profiles_failed", "Failed delivery attempts, per exporter";
+    retried: PerExporter = "hearth_profiles_retried", "Delivery retries scheduled, per exporter";
+    dropped: Family<DropLabels, Counter> = "hearth_profiles_dropped",
+        "Profiles given up, per exporter and reason (queue_bytes, queue_age, rejected, \
+         spool_corrupt: a spool file that failed its checksum on recovery)";
+    unspooled: PerExporter = "hearth_profiles_unspooled",
+        "Queued profiles whose disk copy was deleted to keep the spool under \
+         spool.max_bytes: still in memory and delivered, but lost if the agent restarts first";
+    queue_bytes: PerExporter<Gauge> = "hearth_queue" in Bytes, "Bytes waiting for delivery";
+    queue_profiles: PerExporter<Gauge> = "hearth_queue_profiles",
+        "Profiles waiting for delivery";
+    queue_oldest_age: PerExporter<FloatGauge> = "hearth_queue_oldest_age" in Seconds,
+        "Age of the oldest profile waiting for delivery";
+    symbol_cache_hits: Counter = "hearth_symbol_cache_hits",
+        "Addresses named from the symbol cache";
+    symbol_cache_misses: Counter = "hearth_symbol_cache_misses",
+        "Addresses that had to be symbolized";
+    symbol_objects_skipped: Reasons = "hearth_symbolize_objects_skipped",
+        "Objects not symbolized (frames stay module+offset, or ELF symbols only), by why: \
+         unreadable (corrupt or unreadable ELF); hostile (a compressed section would inflate \
+         past symbolize.max_section_bytes); shrunk (the file was truncated while read)";
+    mapped_file_faults: Counter = "hearth_mapped_file_faults",
+        "Reads of memory-mapped object files that found the file shrunk underneath \
+         (each absorbed; what was read is thrown away)";
+    processes_tracked: Gauge = "hearth_processes_tracked", "Processes whose metadata is held";
+    history_bytes: Gauge = "hearth_history" in Bytes, "Bytes of recent profiles kept";
+    cpu_seconds: Counter<f64, AtomicU64> = "process_cpu" in Seconds, "CPU time used by the agent";
+    resident_memory: Gauge = "process_resident_memory" in Bytes, "Resident memory of the agent";
+}
+
+/// Every metric the agent reports, written through the methods below. A
+/// "profile" in the export metrics is the payload of one export interval
+/// (all of its resources' profiles).
 pub struct Telemetry {
     registry: Registry,
     ready: AtomicBool,
-    pub samples: Counter,
-    pub kernel_samples_lost: Family<ReasonLabel, Counter>,
-    pub stack_errors: Family<ReasonLabel, Counter>,
-    pub malformed_records: Counter,
-    pub network_events: Counter,
-    pub network_events_lost: Family<ReasonLabel, Counter>,
-    pub windows: Counter,
-    pub exported: Family<ExporterLabel, Counter>,
-    pub failed: Family<ExporterLabel, Counter>,
-    pub retried: Family<ExporterLabel, Counter>,
-    pub dropped: Family<DropLabels, Counter>,
-    pub unspooled: Family<ExporterLabel, Counter>,
-    pub queue_bytes: Family<ExporterLabel, Gauge>,
-    pub queue_profiles: Family<ExporterLabel, Gauge>,
-    pub queue_oldest_age: Family<ExporterLabel, FloatGauge>,
-    pub symbol_cache_hits: Counter,
-    pub symbol_cache_misses: Counter,
-    symbol_objects_skipped: Family<ReasonLabel, Counter>,
-    mapped_file_faults: Counter,
-    pub processes_tracked: Gauge,
-    pub history_bytes: Gauge,
-    pub cpu_seconds: Counter<f64, AtomicU64>,
-    pub resident_memory: Gauge,
-    pub unwind_walks: Counter,
-    pub unwind_stopped: Family<ReasonLabel, Counter>,
-    pub unwind_processes: Gauge,
-    pub unwind_objects: Gauge,
-    pub unwind_rows: Gauge,
-    pub unwind_row_capacity: Gauge,
-    unwind_largest_free: Gauge,
-    unwind_shards: Gauge,
-    unwind_max_rows: Gauge,
-    unwind_shards_added: Counter,
-    unwind_shards_removed: Counter,
-    unwind_compactions: Counter,
-    unwind_tables_moved: Counter,
-    pub unwind_not_loaded: Family<ReasonLabel, Counter>,
+    m: Metrics,
 }
 
 /// Moves a counter up to an absolute total read from elsewhere.
-pub fn advance_to(counter: &Counter, total: u64) {
+fn advance_to(counter: &Counter, total: u64) {
     let current = counter.get();
     if total > current {
         counter.inc_by(total - current);
@@ -102,218 +169,82 @@ pub fn advance_to(counter: &Counter, total: u64) {
 }
 
 /// Moves each `reason`'s counter of `family` up to its total.
-fn advance_reasons(family: &Family<ReasonLabel, Counter>, totals: &[(&'static str, u64)]) {
+fn advance_reasons(family: &Reasons, totals: &[(&'static str, u64)]) {
     for &(reason, total) in totals {
         advance_to(&family.get_or_create(&ReasonLabel { reason }), total);
     }
 }
 
+/// How one delivery attempt ended, for the export counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    /// The backend refused it for good: counted failed and dropped.
+    Rejected,
+    /// It stays queued and is tried again: counted failed and retried.
+    Retrying,
+}
+
 impl Telemetry {
     pub fn new() -> Arc<Self> {
-        let mut t = Self::default();
-        let r = &mut t.registry;
-        r.register(
-            "hearth_samples",
-            "CPU samples read from the kernel",
-            t.samples.clone(),
-        );
-        r.register(
-            "hearth_kernel_samples_lost",
-            "Samples the kernel could not deliver (ring_full: the ring-buffer reservation failed)",
-            t.kernel_samples_lost.clone(),
-        );
-        r.register(
-            "hearth_stack_walk_errors",
-            "Samples kept without one of their stacks, by which walk failed",
-            t.stack_errors.clone(),
-        );
-        r.register(
-            "hearth_unwind_stack_walks",
-            "User stacks walked with unwind tables in the kernel",
-            t.unwind_walks.clone(),
-        );
-        r.register(
-            "hearth_unwind_stopped_early",
-            "Table walks that stopped before the outermost frame, by why (no_table: no \
-             table and no usable frame pointer; bad_cfa; read_error; depth_limit; \
-             unsupported: a rule the unwinder does not follow; tail_call)",
-            t.unwind_stopped.clone(),
-        );
-        r.register(
-            "hearth_unwind_processes",
-            "Processes with unwind tables in the kernel",
-            t.unwind_processes.clone(),
-        );
-        r.register(
-            "hearth_unwind_objects",
-            "Object files with a table in the kernel, shared by the processes mapping them",
-            t.unwind_objects.clone(),
-        );
-        r.register(
-            "hearth_unwind_rows",
-            "Unwind table rows in use in the kernel (8 bytes each)",
-            t.unwind_rows.clone(),
-        );
-        r.register(
-            "hearth_unwind_row_capacity",
-            "Unwind table rows the shards made so far hold",
-            t.unwind_row_capacity.clone(),
-        );
-        r.register(
-            "hearth_unwind_max_rows",
-            "Unwind table rows the store may grow to (unwind.max_rows, in whole shards)",
-            t.unwind_max_rows.clone(),
-        );
-        r.register(
-            "hearth_unwind_row_shards",
-            "Shards of the unwind row store made (unwind.shard_rows rows each)",
-            t.unwind_shards.clone(),
-        );
-        r.register(
-            "hearth_unwind_shards_added",
-            "Shards added to the unwind row store as tables needed room",
-            t.unwind_shards_added.clone(),
-        );
-        r.register(
-            "hearth_unwind_shards_removed",
-            "Empty shards the unwind row store gave back",
-            t.unwind_shards_removed.clone(),
-        );
-        r.register(
-            "hearth_unwind_largest_free_rows",
-            "The longest run of free rows in the unwind row store (a table longer than this \
-             needs a compaction or a new shard first; free rows minus this is the fragmentation)",
-            t.unwind_largest_free.clone(),
-        );
-        r.register(
-            "hearth_unwind_compactions",
-            "Times the unwind row store was compacted to fit a table",
-            t.unwind_compactions.clone(),
-        );
-        r.register(
-            "hearth_unwind_tables_moved",
-            "Tables moved by compactions of the unwind row store",
-            t.unwind_tables_moved.clone(),
-        );
-        r.register(
-            "hearth_unwind_tables_not_loaded",
-            "Tables or processes left to frame pointers (compile_error: unreadable or \
-             malformed .eh_frame; rows_full: unwind.max_rows reached; processes_full: \
-             unwind.max_processes reached)",
-            t.unwind_not_loaded.clone(),
-        );
-        r.register(
-            "hearth_network_events",
-            "Network events read from the kernel",
-            t.network_events.clone(),
-        );
-        r.register(
-            "hearth_network_events_lost",
-            "Network events lost (ring_full: the ring was full; connect_unmatched: \
-             a connect's start was not kept, so it has no latency)",
-            t.network_events_lost.clone(),
-        );
-        r.register(
-            "hearth_malformed_records",
-            "Ring records that could not be decoded",
-            t.malformed_records.clone(),
-        );
-        r.register(
-            "hearth_export_windows",
-            "Export intervals completed",
-            t.windows.clone(),
-        );
-        r.register(
-            "hearth_profiles_exported",
-            "Profiles delivered, per exporter",
-            t.exported.clone(),
-        );
-        r.register(
-            "hearth_profiles_failed",
-            "Failed delivery attempts, per exporter",
-            t.failed.clone(),
-        );
-        r.register(
-            "hearth_profiles_retried",
-            "Delivery retries scheduled, per exporter",
-            t.retried.clone(),
-        );
-        r.register(
-            "hearth_profiles_dropped",
-            "Profiles given up, per exporter and reason (queue_bytes, queue_age, rejected, \
-             spool_corrupt: a spool file that failed its checksum on recovery)",
-            t.dropped.clone(),
-        );
-        r.register(
-            "hearth_profiles_unspooled",
-            "Queued profiles whose disk copy was deleted to keep the spool under \
-             spool.max_bytes: still in memory and delivered, but lost if the agent restarts first",
-            t.unspooled.clone(),
-        );
-        r.register_with_unit(
-            "hearth_queue",
-            "Bytes waiting for delivery",
-            Unit::Bytes,
-            t.queue_bytes.clone(),
-        );
-        r.register(
-            "hearth_queue_profiles",
-            "Profiles waiting for delivery",
-            t.queue_profiles.clone(),
-        );
-        r.register_with_unit(
-            "hearth_queue_oldest_age",
-            "Age of the oldest profile waiting for delivery",
-            Unit::Seconds,
-            t.queue_oldest_age.clone(),
-        );
-        r.register(
-            "hearth_symbol_cache_hits",
-            "Addresses named from the symbol cache",
-            t.symbol_cache_hits.clone(),
-        );
-        r.register(
-            "hearth_symbol_cache_misses",
-            "Addresses that had to be symbolized",
-            t.symbol_cache_misses.clone(),
-        );
-        r.register(
-            "hearth_symbolize_objects_skipped",
-            "Objects not symbolized (frames stay module+offset, or ELF symbols only), by why: \
-             unreadable (corrupt or unreadable ELF); hostile (a compressed section would inflate \
-             past symbolize.max_section_bytes); shrunk (the file was truncated while read)",
-            t.symbol_objects_skipped.clone(),
-        );
-        r.register(
-            "hearth_mapped_file_faults",
-            "Reads of memory-mapped object files that found the file shrunk underneath \
-             (each absorbed; what was read is thrown away)",
-            t.mapped_file_faults.clone(),
-        );
-        r.register(
-            "hearth_processes_tracked",
-            "Processes whose metadata is held",
-            t.processes_tracked.clone(),
-        );
-        r.register_with_unit(
-            "hearth_history",
-            "Bytes of recent profiles kept",
-            Unit::Bytes,
-            t.history_bytes.clone(),
-        );
-        r.register_with_unit(
-            "process_cpu",
-            "CPU time used by the agent",
-            Unit::Seconds,
-            t.cpu_seconds.clone(),
-        );
-        r.register_with_unit(
-            "process_resident_memory",
-            "Resident memory of the agent",
-            Unit::Bytes,
-            t.resident_memory.clone(),
-        );
-        Arc::new(t)
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        Arc::new(Self {
+            registry,
+            ready: AtomicBool::new(false),
+            m: metrics,
+        })
+    }
+
+    /// Brings the pipeline's totals (samples, network events, records that
+    /// could not be decoded) up to what it has counted.
+    pub fn record_pipeline(&self, samples: u64, network_events: u64, malformed: u64) {
+        advance_to(&self.m.samples, samples);
+        advance_to(&self.m.network_events, network_events);
+        advance_to(&self.m.malformed_records, malformed);
+    }
+
+    /// One export interval ended: `history_bytes` are kept locally now,
+    /// and the metadata of `processes` is held.
+    pub fn record_window(&self, history_bytes: u64, processes: usize) {
+        self.m.windows.inc();
+        self.m.history_bytes.set(history_bytes as i64);
+        self.m.processes_tracked.set(processes as i64);
+    }
+
+    /// What `exporter`'s queue holds now.
+    pub fn record_queue(&self, exporter: &'static str, bytes: u64, profiles: usize, age: Duration) {
+        let label = ExporterLabel { exporter };
+        self.m.queue_bytes.get_or_create(&label).set(bytes as i64);
+        self.m
+            .queue_profiles
+            .get_or_create(&label)
+            .set(profiles as i64);
+        self.m
+            .queue_oldest_age
+            .get_or_create(&label)
+            .set(age.as_secs_f64());
+    }
+
+    /// One delivery attempt of `exporter` and how it ended.
+    pub fn record_delivery(&self, exporter: &'static str, outcome: Delivery) {
+        let label = ExporterLabel { exporter };
+        match outcome {
+            Delivery::Delivered => self.m.exported.get_or_create(&label).inc(),
+            Delivery::Rejected => {
+                self.m.failed.get_or_create(&label).inc();
+                let reason = "rejected";
+                self.m
+                    .dropped
+                    .get_or_create(&DropLabels { exporter, reason })
+                    .inc()
+            }
+            Delivery::Retrying => {
+                self.m.failed.get_or_create(&label).inc();
+                self.m.retried.get_or_create(&label).inc()
+            }
+        };
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -327,20 +258,20 @@ impl Telemetry {
     /// Brings the kernel-side counters up to the totals read from BPF maps.
     pub fn record_kernel(&self, k: &KernelCounters) {
         advance_reasons(
-            &self.kernel_samples_lost,
+            &self.m.kernel_samples_lost,
             &[("ring_full", k.ring_full), ("filter_full", k.filter_full)],
         );
         advance_reasons(
-            &self.stack_errors,
+            &self.m.stack_errors,
             &[
                 ("kernel", k.kernel_stack_errors),
                 ("user", k.user_stack_errors),
                 ("task_read", k.task_read_errors),
             ],
         );
-        advance_to(&self.unwind_walks, k.unwind_samples);
+        advance_to(&self.m.unwind_walks, k.unwind_samples);
         advance_reasons(
-            &self.unwind_stopped,
+            &self.m.unwind_stopped,
             &[
                 ("no_table", k.unwind_no_table),
                 ("bad_cfa", k.unwind_bad_cfa),
@@ -354,19 +285,19 @@ impl Telemetry {
 
     /// What the table unwinder holds and could not load.
     pub fn record_unwind(&self, u: &UnwindStats) {
-        self.unwind_processes.set(u.processes as i64);
-        self.unwind_objects.set(u.objects as i64);
-        self.unwind_rows.set(u.rows as i64);
-        self.unwind_row_capacity.set(u.row_capacity as i64);
-        self.unwind_largest_free.set(u.largest_free_rows as i64);
-        self.unwind_shards.set(u.shards as i64);
-        self.unwind_max_rows.set(u.max_rows as i64);
-        advance_to(&self.unwind_shards_added, u.shards_added);
-        advance_to(&self.unwind_shards_removed, u.shards_removed);
-        advance_to(&self.unwind_compactions, u.compactions);
-        advance_to(&self.unwind_tables_moved, u.tables_moved);
+        self.m.unwind_processes.set(u.processes as i64);
+        self.m.unwind_objects.set(u.objects as i64);
+        self.m.unwind_rows.set(u.rows as i64);
+        self.m.unwind_row_capacity.set(u.row_capacity as i64);
+        self.m.unwind_largest_free.set(u.largest_free_rows as i64);
+        self.m.unwind_shards.set(u.shards as i64);
+        self.m.unwind_max_rows.set(u.max_rows as i64);
+        advance_to(&self.m.unwind_shards_added, u.shards_added);
+        advance_to(&self.m.unwind_shards_removed, u.shards_removed);
+        advance_to(&self.m.unwind_compactions, u.compactions);
+        advance_to(&self.m.unwind_tables_moved, u.tables_moved);
         advance_reasons(
-            &self.unwind_not_loaded,
+            &self.m.unwind_not_loaded,
             &[
                 ("compile_error", u.compile_errors),
                 ("rows_full", u.tables_full),
@@ -377,7 +308,7 @@ impl Telemetry {
 
     pub fn record_net(&self, k: &NetCounters, stats: &NetStats) {
         advance_reasons(
-            &self.network_events_lost,
+            &self.m.network_events_lost,
             &[
                 ("ring_full", k.ring_full),
                 ("connect_unmatched", stats.pending_connects_dropped),
@@ -387,17 +318,17 @@ impl Telemetry {
 
     /// The symbolizer's skipped objects and the mapped-file faults so far.
     pub fn record_symbolizer(&self, stats: &crate::symbolize::SymbolizerStats) {
-        advance_to(&self.symbol_cache_hits, stats.hits);
-        advance_to(&self.symbol_cache_misses, stats.misses);
+        advance_to(&self.m.symbol_cache_hits, stats.hits);
+        advance_to(&self.m.symbol_cache_misses, stats.misses);
         advance_reasons(
-            &self.symbol_objects_skipped,
+            &self.m.symbol_objects_skipped,
             &[
                 ("unreadable", stats.unreadable_objects),
                 ("hostile", stats.hostile_objects),
                 ("shrunk", stats.shrunk_objects),
             ],
         );
-        advance_to(&self.mapped_file_faults, crate::fault::faults());
+        advance_to(&self.m.mapped_file_faults, crate::fault::faults());
     }
 
     pub fn record_dropped(&self, exporter: &'static str, dropped: Dropped) {
@@ -407,21 +338,18 @@ impl Telemetry {
             ("spool_corrupt", dropped.corrupt),
         ] {
             if count > 0 {
-                self.dropped
+                self.m
+                    .dropped
                     .get_or_create(&DropLabels { exporter, reason })
                     .inc_by(count);
             }
         }
         if dropped.unspooled > 0 {
-            self.unspooled
+            self.m
+                .unspooled
                 .get_or_create(&ExporterLabel { exporter })
                 .inc_by(dropped.unspooled);
         }
-    }
-
-    /// Total of a per-exporter counter family, for logs and tests.
-    pub fn exporter_count(family: &Family<ExporterLabel, Counter>, exporter: &'static str) -> u64 {
-        family.get_or_create(&ExporterLabel { exporter }).get()
     }
 
     /// Refreshes the agent's own CPU and memory gauges from procfs.
@@ -432,14 +360,14 @@ impl Telemetry {
         if let Ok(stat) = me.stat() {
             let ticks = procfs::ticks_per_second().max(1) as f64;
             let total = (stat.utime + stat.stime) as f64 / ticks;
-            let current = self.cpu_seconds.get();
+            let current = self.m.cpu_seconds.get();
             if total > current {
-                self.cpu_seconds.inc_by(total - current);
+                self.m.cpu_seconds.inc_by(total - current);
             }
         }
         if let Ok(statm) = me.statm() {
             let page = procfs::page_size();
-            self.resident_memory.set((statm.resident * page) as i64);
+            self.m.resident_memory.set((statm.resident * page) as i64);
         }
     }
 
@@ -493,7 +421,7 @@ mod tests {
     #[test]
     fn renders_every_family_with_units_and_kernel_totals() {
         let telemetry = Telemetry::new();
-        telemetry.samples.inc_by(42);
+        telemetry.record_pipeline(42, 0, 0);
         telemetry.record_kernel(&KernelCounters {
             ring_full: 7,
             ..Default::default()

@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -13,14 +13,7 @@ use serde_json::Value;
 
 use crate::Running;
 
-/// A TCP port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use hearth_devtools::free_port;
 
 fn receiver_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -14,14 +14,7 @@ use anyhow::{Context as _, bail};
 use crate::procs::median;
 
 /// Every network event, as a production agent with all of them on.
-const EVENTS: [&str; 6] = [
-    "tx-bytes",
-    "rx-bytes",
-    "retransmits",
-    "resets",
-    "connect-latency",
-    "drops",
-];
+const EVENTS: [&str; 6] = hearth_devtools::NETWORK_EVENTS;
 
 pub struct Settings {
     pub rounds: usize,

@@ -3,9 +3,8 @@
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    os::unix::process::CommandExt,
-    process::{Child, Command, Stdio},
+    net::TcpStream,
+    process::Child,
 };
 
 use anyhow::Context as _;
@@ -38,33 +37,13 @@ impl Drop for Group {
 /// if the harness dies without dropping it (killed by a timeout, say), so
 /// no busy program outlives the run and skews the next one.
 pub fn spawn_group(argv: &[&str]) -> anyhow::Result<Group> {
-    let mut command = Command::new(argv[0]);
-    command
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let child = command
+    let child = hearth_devtools::quiet_command(argv)
         .spawn()
         .with_context(|| format!("starting {argv:?}"))?;
     Ok(Group(child))
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use hearth_devtools::free_port;
 
 /// The body of a 200 answer to `GET path` on `127.0.0.1:port`.
 pub fn http_get(port: u16, path: &str) -> Option<String> {

@@ -16,23 +16,10 @@ use crate::procs::{Group, free_port, http_get, metric, spawn_group, usage};
 
 /// CPU-bound programs of several kinds, and a loop of short-lived ones.
 pub fn busy_machine() -> anyhow::Result<Vec<Group>> {
-    [
-        &["sha256sum", "/dev/zero"][..],
-        &["sh", "-c", "exec gzip -1 -c < /dev/urandom > /dev/null"],
-        &[
-            "python3",
-            "-c",
-            "def f(n): return n if n < 2 else f(n-1) + f(n-2)\nwhile True: f(20)",
-        ],
-        &[
-            "sh",
-            "-c",
-            "while :; do ls -R /usr/share/doc > /dev/null; done",
-        ],
-    ]
-    .iter()
-    .map(|argv| spawn_group(argv))
-    .collect()
+    hearth_devtools::BUSY_PROGRAMS
+        .iter()
+        .map(|argv| spawn_group(argv))
+        .collect()
 }
 
 pub struct SoakResult {

@@ -3,8 +3,7 @@
 
 use std::{
     hint::black_box,
-    os::unix::process::CommandExt,
-    process::{Child, Command, Stdio},
+    process::Child,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -46,41 +45,15 @@ impl Drop for BusyPrograms {
     }
 }
 
-/// CPU-bound programs of several kinds, as on a busy machine.
+/// CPU-bound programs of several kinds, as on a busy machine; killed
+/// with the benchmark even if it dies before their drop runs.
 pub fn busy_programs() -> BusyPrograms {
-    let programs: [&[&str]; 4] = [
-        &["sha256sum", "/dev/zero"],
-        &["sh", "-c", "exec gzip -1 -c < /dev/urandom > /dev/null"],
-        &[
-            "python3",
-            "-c",
-            "def f(n): return n if n < 2 else f(n-1) + f(n-2)\nwhile True: f(20)",
-        ],
-        &[
-            "sh",
-            "-c",
-            "while :; do ls -R /usr/share/doc > /dev/null; done",
-        ],
-    ];
-    let programs = programs
+    let programs = hearth_devtools::BUSY_PROGRAMS
         .iter()
         .map(|argv| {
-            let mut command = Command::new(argv[0]);
-            command
-                .args(&argv[1..])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0);
-            // Killed with the benchmark even if it is killed before its
-            // drop runs, so no busy program outlives it.
-            // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            command.spawn().expect("start a busy program")
+            hearth_devtools::quiet_command(argv)
+                .spawn()
+                .expect("start a busy program")
         })
         .collect();
     BusyPrograms(programs)

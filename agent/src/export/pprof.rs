@@ -52,100 +52,102 @@ pub fn encode_pprof(profile: &Profile) -> pb::Profile {
         period,
         time_nanos: profile.start_unix_ns as i64,
         duration_nanos: profile.duration_ns as i64,
-        mapping: profile
-            .mappings
-            .iter()
-            .enumerate()
-            .map(|(i, m)| pb::Mapping {
-                id: i as u64 + 1,
-                memory_start: m.start,
-                memory_limit: m.limit,
-                file_offset: m.file_offset,
-                filename: i64::from(m.file),
-                build_id: i64::from(m.build_id),
-                has_functions: true,
-                has_filenames: !m.kernel,
-                has_line_numbers: !m.kernel,
-                has_inline_frames: !m.kernel,
-            })
-            .collect(),
-        location: profile
-            .locations
-            .iter()
-            .enumerate()
-            .map(|(i, l)| pb::Location {
-                id: i as u64 + 1,
-                mapping_id: l.mapping.map_or(0, |m| u64::from(m) + 1),
-                address: l.address,
-                line: l
-                    .lines
-                    .iter()
-                    .map(|line| pb::Line {
-                        function_id: u64::from(line.function) + 1,
-                        line: i64::from(line.line),
-                    })
-                    .collect(),
-                is_folded: false,
-            })
-            .collect(),
-        function: profile
-            .functions
-            .iter()
-            .enumerate()
-            .map(|(i, f)| pb::Function {
-                id: i as u64 + 1,
-                name: i64::from(f.name),
-                system_name: i64::from(f.name),
-                filename: i64::from(f.file),
-                start_line: 0,
-            })
-            .collect(),
-        sample: profile
-            .samples
-            .iter()
-            .map(|s| {
-                let process = profile.process(s);
-                let own = s.labels.iter().map(|label| match label.value {
-                    LabelValue::Str(text) => pb::Label {
-                        key: i64::from(label.key),
-                        str: i64::from(text),
-                        ..Default::default()
-                    },
-                    LabelValue::Num(num) => pb::Label {
-                        key: i64::from(label.key),
-                        num,
-                        ..Default::default()
-                    },
-                });
-                pb::Sample {
-                    location_id: s.locations.iter().map(|&l| u64::from(l) + 1).collect(),
-                    value: vec![s.count as i64 * period],
-                    label: [
-                        pb::Label {
-                            key: extra.pid,
-                            num: i64::from(process.pid),
-                            ..Default::default()
-                        },
-                        pb::Label {
-                            key: extra.thread_name,
-                            str: i64::from(s.thread_name),
-                            ..Default::default()
-                        },
-                        pb::Label {
-                            key: extra.process_name,
-                            str: i64::from(process.name),
-                            ..Default::default()
-                        },
-                    ]
-                    .into_iter()
-                    .chain(own)
-                    .collect(),
-                }
-            })
-            .collect(),
+        mapping: mappings(profile),
+        location: locations(profile),
+        function: functions(profile),
+        sample: samples(profile, &extra, period),
         string_table,
         ..Default::default()
     }
+}
+
+fn mappings(profile: &Profile) -> Vec<pb::Mapping> {
+    profile
+        .mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| pb::Mapping {
+            id: i as u64 + 1,
+            memory_start: m.start,
+            memory_limit: m.limit,
+            file_offset: m.file_offset,
+            filename: i64::from(m.file),
+            build_id: i64::from(m.build_id),
+            has_functions: true,
+            has_filenames: !m.kernel,
+            has_line_numbers: !m.kernel,
+            has_inline_frames: !m.kernel,
+        })
+        .collect()
+}
+
+fn locations(profile: &Profile) -> Vec<pb::Location> {
+    profile
+        .locations
+        .iter()
+        .enumerate()
+        .map(|(i, l)| pb::Location {
+            id: i as u64 + 1,
+            mapping_id: l.mapping.map_or(0, |m| u64::from(m) + 1),
+            address: l.address,
+            line: l
+                .lines
+                .iter()
+                .map(|line| pb::Line {
+                    function_id: u64::from(line.function) + 1,
+                    line: i64::from(line.line),
+                })
+                .collect(),
+            is_folded: false,
+        })
+        .collect()
+}
+
+fn functions(profile: &Profile) -> Vec<pb::Function> {
+    profile
+        .functions
+        .iter()
+        .enumerate()
+        .map(|(i, f)| pb::Function {
+            id: i as u64 + 1,
+            name: i64::from(f.name),
+            system_name: i64::from(f.name),
+            filename: i64::from(f.file),
+            start_line: 0,
+        })
+        .collect()
+}
+
+/// Each sample with its value and labels: pid, thread and process name,
+/// then the event's own.
+fn samples(profile: &Profile, extra: &Extra, period: i64) -> Vec<pb::Sample> {
+    let label = |key, str, num| pb::Label {
+        key,
+        str,
+        num,
+        ..Default::default()
+    };
+    profile
+        .samples
+        .iter()
+        .map(|s| {
+            let process = profile.process(s);
+            let own = s.labels.iter().map(|l| match l.value {
+                LabelValue::Str(text) => label(i64::from(l.key), i64::from(text), 0),
+                LabelValue::Num(num) => label(i64::from(l.key), 0, num),
+            });
+            let common = [
+                label(extra.pid, 0, i64::from(process.pid)),
+                label(extra.thread_name, i64::from(s.thread_name), 0),
+                label(extra.process_name, i64::from(process.name), 0),
+            ];
+            pb::Sample {
+                location_id: s.locations.iter().map(|&l| u64::from(l) + 1).collect(),
+                value: vec![s.count as i64 * period],
+                label: common.into_iter().chain(own).collect(),
+            }
+        })
+        .collect()
 }
 
 /// Writes the profile gzipped, as pprof files are stored.

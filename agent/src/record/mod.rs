@@ -20,18 +20,14 @@ pub use output::{OutputError, OutputFile};
 pub use targets::TargetError;
 
 use crate::{
+    collect::{Collector, CollectorSettings},
     event::Event,
     export::{self, OutputFormat, SvgOptions},
-    network::{self, NetAggregator},
-    pipeline::{Pipeline, drain_cpu, drain_network},
+    pipeline::Pipeline,
     preflight,
-    probes::{
-        DRAIN_INTERVAL, KernelCounters, NetCounters, NetSettings, ProbeSettings, Probes,
-        UnwindCapacity, check_frequency, online_cpu_count,
-    },
+    probes::{DRAIN_INTERVAL, KernelCounters, NetCounters, Probes, check_frequency},
     profile::{Profile, ProfileMeta},
-    symbolize::Symbolizer,
-    unwind::{self, UnwindLimits, UnwindRegistry, UnwindStats},
+    unwind::UnwindStats,
 };
 use progress::Progress;
 
@@ -92,139 +88,32 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
     }
     preflight::raise_resource_limits();
 
-    let network_events = options.network_events();
-    let network = (!network_events.is_empty()).then(|| NetSettings {
-        emit: network::kernel_kinds(&network_events),
-        ring_buffer_bytes: network::DEFAULT_RING_BYTES,
-        socket_owners: network::DEFAULT_SOCKET_OWNERS,
-        user_stacks: true,
-        call_sites: network::DEFAULT_CALL_SITES,
-    });
-    let mut sampler = Probes::load(&ProbeSettings {
-        cpu: options.samples_cpu(),
-        frequency_hz: options.frequency_hz,
-        kernel_stacks: options.kernel_stacks,
-        filter_processes: options.filters_processes(),
-        ring_buffer_bytes: options
-            .ring_buffer_size
-            .bytes(online_cpu_count(), options.frequency_hz),
-        filter_capacity: options.max_traced_processes,
-        network,
-        cgroup_capacity: None,
-        ignore_own_process: true,
-        unwind_mode: options.unwind.kernel_mode(),
-        unwind_capacity: UnwindCapacity::new(
-            unwind::DEFAULT_SHARD_ROWS,
-            unwind::DEFAULT_MAX_ROWS,
-            options.max_traced_processes,
-        ),
-    })
-    .context("loading the probes")?;
-    for (event, reason) in network::refused_events(&network_events, sampler.refused_kinds()) {
+    let mut collector =
+        Collector::load(CollectorSettings::from(&options)).context("loading the probes")?;
+    for (event, reason) in collector.refused_events() {
         eprintln!("hearth: event `{event}` is not recorded: {reason}; the other events are");
     }
-    let mut unwinder = sampler.take_unwind_maps()?.map(|maps| {
-        UnwindRegistry::new(
-            maps,
-            UnwindLimits {
-                max_rows_per_object: unwind::DEFAULT_MAX_ROWS_PER_OBJECT as usize,
-                refresh_interval: unwind::MAX_REFRESH,
-            },
-        )
-    });
     for &pid in &options.pids {
-        sampler.trace_process(pid)?;
+        collector.probes_mut().trace_process(pid)?;
     }
-    let mut ring = sampler.take_ring()?;
-    let mut net_ring = sampler.take_net_ring()?;
-    // A recording is short-lived: it affords DWARF for lines and inlined frames.
-    let mut pipeline = Pipeline::new(options.process_limits, Symbolizer::default());
-    if !network_events.is_empty() {
-        pipeline = pipeline.with_network(NetAggregator::new(
-            &network_events,
-            network::DEFAULT_PENDING_CONNECTS,
-            network::DEFAULT_CALL_SITES as usize,
-            sampler.kernel().reasons.clone(),
-        ));
-    }
-
     let start_wall = SystemTime::now();
     let started = Instant::now();
-    sampler.start().context("starting the probes")?;
-    let mut child = if options.command.is_empty() {
+    collector
+        .set_sampling(true)
+        .context("starting the probes")?;
+    let child = if options.command.is_empty() {
         None
     } else {
-        Some(spawn_traced(&mut sampler, &options)?)
+        Some(spawn_traced(collector.probes_mut(), &options)?)
     };
-
     let progress = Progress::start();
-    let stopped_by = {
-        let duration = options.duration;
-        let deadline = async move {
-            match duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let command_exit = async {
-            match child.as_mut() {
-                Some(child) => child.wait().await,
-                None => std::future::pending().await,
-            }
-        };
-        let targets_exit = async {
-            if options.pids.is_empty() {
-                std::future::pending().await
-            } else {
-                targets::all_exited(&options.pids).await
-            }
-        };
-        tokio::pin!(deadline, command_exit, targets_exit);
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut status = tokio::time::interval(STATUS_INTERVAL);
-        let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
-        loop {
-            tokio::select! {
-                ready = ring.wait() => {
-                    ready.context("waiting on the sample ring buffer")?;
-                    drain_cpu(&mut ring, &mut pipeline, unwinder.as_mut(), |_| {});
-                }
-                ready = net_ring.wait() => {
-                    ready.context("waiting on the network event ring buffer")?;
-                    net_ring.drain(|record| pipeline.ingest_net(record));
-                }
-                _ = drain_tick.tick() => {
-                    drain_cpu(&mut ring, &mut pipeline, unwinder.as_mut(), |_| {});
-                    drain_network(&mut net_ring, &mut pipeline, &mut sampler)?;
-                }
-                () = &mut deadline => break StopReason::DurationElapsed,
-                exit = &mut command_exit => {
-                    break StopReason::CommandExited(exit.context("waiting for the command")?);
-                }
-                () = &mut targets_exit => break StopReason::TargetsExited,
-                _ = interrupt.recv() => break StopReason::Interrupted,
-                _ = terminate.recv() => break StopReason::Interrupted,
-                _ = status.tick() => {
-                    if let Some(unwinder) = unwinder.as_mut() {
-                        unwinder.reap();
-                    }
-                    let lost = sampler.counters().map(|c| c.ring_full).unwrap_or(0)
-                        + sampler.net_counters().map(|c| c.ring_full).unwrap_or(0);
-                    progress.update(pipeline.samples() + pipeline.network_events(), lost);
-                }
-            }
-        }
-    };
+    let stopped_by = collect(&mut collector, &options, child, &progress).await?;
     let elapsed = started.elapsed();
-    sampler.stop().context("stopping the probes")?;
-    ring.drain(|record| pipeline.ingest(record));
-    net_ring.drain(|record| pipeline.ingest_net(record));
-    let kernel = sampler.counters()?;
-    let net = sampler.net_counters()?;
-    let unwind = unwinder.as_ref().map(UnwindRegistry::stats);
-    drop(unwinder);
-    drop(sampler);
+    collector.stop(|_| {}).context("stopping the probes")?;
+    let kernel = collector.probes().counters()?;
+    let net = collector.probes().net_counters()?;
+    let unwind = collector.unwind_stats();
+    let mut pipeline = collector.into_pipeline();
 
     let meta = ProfileMeta {
         event: Event::Cpu,
@@ -234,38 +123,17 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
             .map_or(0, |d| d.as_nanos() as u64),
         duration_ns: elapsed.as_nanos() as u64,
     };
-    let mut written = Vec::new();
-    let mut failure = None;
-    for (event, output) in outputs {
-        progress.phase("symbolizing");
-        let Some(profile) = pipeline.event_profile(event, meta) else {
-            continue;
-        };
-        let lost = if event == Event::Cpu {
+    let lost = |event| {
+        if event == Event::Cpu {
             kernel.ring_full
         } else {
             net.ring_full
-        };
-        progress.phase("writing");
-        let path = output.path().to_owned();
-        let svg = svg_options(&profile, &options, lost);
-        match write_output(output, &profile, &options, svg, start_wall) {
-            Ok(()) => written.push(Written {
-                event,
-                path,
-                total: profile.total_samples(),
-            }),
-            // The other events' files are still written.
-            Err(err) => failure = failure.or(Some(err)),
         }
-    }
+    };
+    let written = write_outputs(&mut pipeline, outputs, &options, meta, lost, &progress);
     progress.finish();
-    if let Some(err) = failure {
-        return Err(err);
-    }
-
     Ok(RecordReport {
-        outputs: written,
+        outputs: written?,
         format: options.format,
         samples: pipeline.samples(),
         network_events: pipeline.network_events(),
@@ -278,6 +146,99 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
         unwind,
         symbolizer: pipeline.symbolizer_stats(),
     })
+}
+
+/// Reads the rings until the duration ends, the command or every target
+/// exits, or the user interrupts.
+async fn collect(
+    collector: &mut Collector,
+    options: &RecordOptions,
+    mut child: Option<tokio::process::Child>,
+    progress: &Progress,
+) -> anyhow::Result<StopReason> {
+    let duration = options.duration;
+    let deadline = async move {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let command_exit = async {
+        match child.as_mut() {
+            Some(child) => child.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let targets_exit = async {
+        if options.pids.is_empty() {
+            std::future::pending().await
+        } else {
+            targets::all_exited(&options.pids).await
+        }
+    };
+    tokio::pin!(deadline, command_exit, targets_exit);
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut status = tokio::time::interval(STATUS_INTERVAL);
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    loop {
+        tokio::select! {
+            ready = collector.ready() => {
+                let ring = ready.context("waiting on the ring buffers")?;
+                collector.drain_ready(ring, |_| {})?;
+            }
+            _ = drain_tick.tick() => collector.drain(|_| {})?,
+            () = &mut deadline => return Ok(StopReason::DurationElapsed),
+            exit = &mut command_exit => {
+                return Ok(StopReason::CommandExited(exit.context("waiting for the command")?));
+            }
+            () = &mut targets_exit => return Ok(StopReason::TargetsExited),
+            _ = interrupt.recv() => return Ok(StopReason::Interrupted),
+            _ = terminate.recv() => return Ok(StopReason::Interrupted),
+            _ = status.tick() => {
+                collector.upkeep();
+                let pipeline = collector.pipeline();
+                progress.update(pipeline.samples() + pipeline.network_events(), collector.lost());
+            }
+        }
+    }
+}
+
+/// Writes each event's profile; a file that fails does not keep the
+/// others from being written, and the first failure is returned.
+fn write_outputs(
+    pipeline: &mut Pipeline,
+    outputs: Vec<(Event, OutputFile)>,
+    options: &RecordOptions,
+    meta: ProfileMeta,
+    lost: impl Fn(Event) -> u64,
+    progress: &Progress,
+) -> anyhow::Result<Vec<Written>> {
+    let start_wall = UNIX_EPOCH + Duration::from_nanos(meta.start_unix_ns);
+    let mut written = Vec::new();
+    let mut failure = None;
+    for (event, output) in outputs {
+        progress.phase("symbolizing");
+        let Some(profile) = pipeline.event_profile(event, meta) else {
+            continue;
+        };
+        progress.phase("writing");
+        let path = output.path().to_owned();
+        let svg = svg_options(&profile, options, lost(event));
+        match write_output(output, &profile, options, svg, start_wall) {
+            Ok(()) => written.push(Written {
+                event,
+                path,
+                total: profile.total_samples(),
+            }),
+            // The other events' files are still written.
+            Err(err) => failure = failure.or(Some(err)),
+        }
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(written),
+    }
 }
 
 fn svg_options(profile: &Profile, options: &RecordOptions, lost: u64) -> SvgOptions {

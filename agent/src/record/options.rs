@@ -4,10 +4,13 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use crate::{
     cli::RecordArgs,
+    collect::{CollectorSettings, SymbolizerSettings, network_probes},
     event::Event,
     export::{OutputFormat, UnknownFormat},
-    probes::RingBufferSize,
+    network,
+    probes::{ProbeSettings, RingBufferSize, UnwindCapacity, online_cpu_count},
     process::ProcessLimits,
+    unwind::{self, UnwindLimits},
 };
 
 /// Default recording time when no command bounds it.
@@ -142,6 +145,52 @@ impl RecordOptions {
             .copied()
             .filter(|e| e.is_network())
             .collect()
+    }
+}
+
+impl From<&RecordOptions> for CollectorSettings {
+    fn from(options: &RecordOptions) -> Self {
+        let network_events = options.network_events();
+        let network = network_probes(
+            &network_events,
+            network::DEFAULT_RING_BYTES,
+            network::DEFAULT_SOCKET_OWNERS,
+            true,
+            network::DEFAULT_CALL_SITES,
+        );
+        let probes = ProbeSettings {
+            cpu: options.samples_cpu(),
+            frequency_hz: options.frequency_hz,
+            kernel_stacks: options.kernel_stacks,
+            filter_processes: options.filters_processes(),
+            ring_buffer_bytes: options
+                .ring_buffer_size
+                .bytes(online_cpu_count(), options.frequency_hz),
+            filter_capacity: options.max_traced_processes,
+            network,
+            cgroup_capacity: None,
+            ignore_own_process: true,
+            unwind_mode: options.unwind.kernel_mode(),
+            unwind_capacity: UnwindCapacity::new(
+                unwind::DEFAULT_SHARD_ROWS,
+                unwind::DEFAULT_MAX_ROWS,
+                options.max_traced_processes,
+            ),
+        };
+        Self {
+            probes,
+            network_events,
+            pending_connects: network::DEFAULT_PENDING_CONNECTS,
+            call_sites: network::DEFAULT_CALL_SITES as usize,
+            unwind: UnwindLimits {
+                max_rows_per_object: unwind::DEFAULT_MAX_ROWS_PER_OBJECT as usize,
+                refresh_interval: unwind::MAX_REFRESH,
+            },
+            processes: options.process_limits,
+            // A recording is short-lived: it affords DWARF for lines and
+            // inlined frames.
+            symbolizer: SymbolizerSettings::default(),
+        }
     }
 }
 

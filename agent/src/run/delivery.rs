@@ -14,7 +14,7 @@ use tokio::sync::{Notify, watch};
 use crate::{
     export::{otlp::OtlpClient, pyroscope::PyroscopeClient, send::SendError},
     retention::ExportQueue,
-    telemetry::{DropLabels, ExporterLabel, Telemetry},
+    telemetry::{Delivery, Telemetry},
 };
 
 pub enum Backend {
@@ -56,19 +56,8 @@ pub struct Outbox {
 impl Outbox {
     pub fn update_gauges(&self, telemetry: &Telemetry) {
         let queue = self.queue.lock().expect("queue lock");
-        let label = ExporterLabel {
-            exporter: self.name,
-        };
-        telemetry
-            .queue_bytes
-            .get_or_create(&label)
-            .set(queue.bytes() as i64);
-        telemetry
-            .queue_profiles
-            .get_or_create(&label)
-            .set(queue.len() as i64);
-        let age = queue.oldest_age(SystemTime::now()).as_secs_f64();
-        telemetry.queue_oldest_age.get_or_create(&label).set(age);
+        let age = queue.oldest_age(SystemTime::now());
+        telemetry.record_queue(self.name, queue.bytes(), queue.len(), age);
     }
 
     /// Queues a payload and wakes the task; what the bounds drop is counted.
@@ -113,9 +102,6 @@ pub async fn deliver(
     telemetry: Arc<Telemetry>,
     mut closing: watch::Receiver<bool>,
 ) {
-    let label = ExporterLabel {
-        exporter: outbox.name,
-    };
     let mut step = backoff.initial;
     let mut failing = false;
     loop {
@@ -139,7 +125,7 @@ pub async fn deliver(
         match backend.send(item.payload.clone()).await {
             Ok(()) => {
                 outbox.queue.lock().expect("queue lock").remove(item.seq);
-                telemetry.exported.get_or_create(&label).inc();
+                telemetry.record_delivery(outbox.name, Delivery::Delivered);
                 if failing {
                     tracing::info!(exporter = outbox.name, "export recovered");
                     failing = false;
@@ -148,20 +134,14 @@ pub async fn deliver(
             }
             Err(SendError::Rejected(reason)) => {
                 outbox.queue.lock().expect("queue lock").remove(item.seq);
-                telemetry.failed.get_or_create(&label).inc();
-                let drop = DropLabels {
-                    exporter: outbox.name,
-                    reason: "rejected",
-                };
-                telemetry.dropped.get_or_create(&drop).inc();
+                telemetry.record_delivery(outbox.name, Delivery::Rejected);
                 tracing::error!(exporter = outbox.name, %reason, "the backend rejected a profile");
             }
             Err(SendError::Retryable {
                 reason,
                 retry_after,
             }) => {
-                telemetry.failed.get_or_create(&label).inc();
-                telemetry.retried.get_or_create(&label).inc();
+                telemetry.record_delivery(outbox.name, Delivery::Retrying);
                 let wait = retry_after.unwrap_or_else(|| Backoff::jittered(step));
                 if !failing {
                     let queued = outbox.queue.lock().expect("queue lock").len();

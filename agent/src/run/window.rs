@@ -80,14 +80,12 @@ pub fn finish(mut ctx: WindowContext<'_>, start: WindowStart) -> WindowStart {
         .collect();
     let stats = ctx.pipeline.symbolizer_stats();
     ctx.pipeline.end_window(&ctx.limits);
-    ctx.telemetry.windows.inc();
     ctx.telemetry.record_symbolizer(&stats);
-    ctx.telemetry
-        .processes_tracked
-        .set(ctx.pipeline.processes() as i64);
     for profile in &profiles {
         export(&mut ctx, profile, start, next);
     }
+    ctx.telemetry
+        .record_window(ctx.history.bytes(), ctx.pipeline.processes());
     next
 }
 
@@ -116,7 +114,6 @@ fn export(ctx: &mut WindowContext<'_>, profile: &Profile, start: WindowStart, ne
             now,
         );
     }
-    ctx.telemetry.history_bytes.set(ctx.history.bytes() as i64);
     tracing::debug!(
         event = %profile.event,
         total = profile.total_samples(),

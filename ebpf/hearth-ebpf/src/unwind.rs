@@ -132,18 +132,23 @@ fn try_unwind(ctx: &PerfEventContext) {
                 break;
             }
         }
+        // A failed tail call cuts the stack short like the depth limit,
+        // but is counted once, as itself.
+        let mut tail_call_failed = false;
         let outcome = match outcome {
             Some(outcome) => outcome,
             None if state.tail_calls < UNWIND_MAX_TAIL_CALLS => {
                 state.tail_calls += 1;
                 UNWIND_PROGRAMS.tail_call(ctx, 0);
                 count(Counter::UnwindTailCall);
+                tail_call_failed = true;
                 UnwindOutcome::DepthLimit
             }
             None => UnwindOutcome::DepthLimit,
         };
         count(Counter::UnwindSamples);
         let stop = match outcome {
+            _ if tail_call_failed => None,
             UnwindOutcome::NoTable => Some(Counter::UnwindNoTable),
             UnwindOutcome::BadCfa => Some(Counter::UnwindBadCfa),
             UnwindOutcome::ReadError => Some(Counter::UnwindReadError),
