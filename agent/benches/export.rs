@@ -11,13 +11,13 @@ use std::{hint::black_box, io::Write, time::Duration};
 use criterion::{Criterion, criterion_group, criterion_main};
 use hearth::{
     config::ServiceNameConfig,
-    export::{
+    deliver::{
         otlp::encode_request,
         pyroscope::{encode_push, labelled_profiles},
         resource::ResourceNamer,
     },
+    enrich::process::ProcessLimits,
     pipeline::Pipeline,
-    process::ProcessLimits,
     profile::{Profile, ProfileMeta},
     symbolize::Symbolizer,
 };

@@ -12,9 +12,9 @@ use std::{hint::black_box, sync::OnceLock, time::Duration};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hearth::{
     aggregate::StackTable,
+    collect::probes::RawSample,
+    enrich::process::{ProcessLimits, ProcessTable},
     pipeline::Pipeline,
-    probes::RawSample,
-    process::{ProcessLimits, ProcessTable},
     profile::{ProfileMeta, build_profile},
     symbolize::Symbolizer,
 };

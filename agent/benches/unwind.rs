@@ -7,7 +7,7 @@
 use std::{hint::black_box, path::PathBuf, time::Duration};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hearth::unwind::compile_elf;
+use hearth::enrich::unwind::compile_elf;
 use object::{Object as _, ObjectSection as _};
 
 const MAX_ROWS: usize = 1 << 24;

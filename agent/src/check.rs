@@ -9,13 +9,14 @@ use hearth_common::unwind::UnwindMode;
 use serde::Serialize;
 
 use crate::{
-    event::Event,
-    network, preflight,
-    probes::{
+    aggregate::network,
+    collect::preflight,
+    collect::probes::{
         Hook, NetSettings, ProbeSettings, Probes, RingBufferSize, SocketHooks, UnwindCapacity,
         online_cpu_count,
     },
-    unwind,
+    enrich::unwind,
+    event::Event,
 };
 
 /// What `hearth check` found.

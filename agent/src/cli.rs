@@ -5,10 +5,10 @@ use std::{ffi::OsString, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    collect::probes::RingBufferSize,
     config::{ConfigFlag, ConfigSources, OtlpProtocol},
+    deliver::OutputFormat,
     event::Event,
-    export::OutputFormat,
-    probes::RingBufferSize,
 };
 
 #[derive(Debug, Parser)]
@@ -238,9 +238,14 @@ pub struct RunArgs {
     pub print_config: bool,
 }
 
+/// An `--otlp-header` that is not `NAME=VALUE`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("--otlp-header {0:?} is not NAME=VALUE")]
+pub struct BadHeader(pub String);
+
 impl RunArgs {
     /// The configuration sources these arguments name, environment included.
-    pub fn sources(&self) -> Result<ConfigSources, String> {
+    pub fn sources(&self) -> Result<ConfigSources, BadHeader> {
         let mut flags = Vec::new();
         let mut flag = |key: &str, value: &Option<String>, name: &'static str| {
             if let Some(value) = value {
@@ -286,7 +291,7 @@ impl RunArgs {
         for header in &self.otlp_headers {
             let (name, value) = header
                 .split_once('=')
-                .ok_or_else(|| format!("--otlp-header {header:?} is not NAME=VALUE"))?;
+                .ok_or_else(|| BadHeader(header.clone()))?;
             flags.push(ConfigFlag {
                 path: vec!["otlp".into(), "headers".into(), name.trim().into()],
                 value: yaml_serde::Value::String(value.trim().into()),

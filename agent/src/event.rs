@@ -96,17 +96,27 @@ impl fmt::Display for Event {
     }
 }
 
-impl FromStr for Event {
-    type Err = String;
+/// A name that is no event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown event `{0}`; choose from {names}", names = Event::names())]
+pub struct UnknownEvent(pub String);
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl Event {
+    /// Every event's name, separated by commas.
+    fn names() -> String {
+        let names: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
+        names.join(", ")
+    }
+}
+
+impl FromStr for Event {
+    type Err = UnknownEvent;
+
+    fn from_str(text: &str) -> Result<Self, UnknownEvent> {
         Event::ALL
             .into_iter()
             .find(|event| event.name() == text.trim())
-            .ok_or_else(|| {
-                let names: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
-                format!("unknown event `{text}`; choose from {}", names.join(", "))
-            })
+            .ok_or_else(|| UnknownEvent(text.to_owned()))
     }
 }
 
@@ -132,7 +142,7 @@ mod tests {
         for event in Event::ALL {
             assert_eq!(event.name().parse::<Event>(), Ok(event));
         }
-        let err = "tx_bytes".parse::<Event>().unwrap_err();
+        let err = "tx_bytes".parse::<Event>().unwrap_err().to_string();
         assert!(
             err.contains("tx-bytes") && err.contains("connect-latency"),
             "{err}"

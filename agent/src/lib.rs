@@ -1,13 +1,21 @@
 //! Hearth, an eBPF continuous profiler.
 //!
-//! Samples flow one way through one module per stage:
-//! [`probes`] (kernel programs and their ring buffer) →
-//! [`aggregate`] (intern and count raw stacks; new stacks' addresses
-//! resolved through [`process`] metadata) → [`symbolize`] → [`profile`] →
-//! [`export`]. [`pipeline`] strings the stages together; [`record`] is the
-//! `hearth record` command built on it, [`cli`] its command line.
-//! [`fault`] guards every read of a memory-mapped object file (which its
-//! owner may truncate) for [`symbolize`] and [`unwind`].
+//! Data flows one way, one module per stage:
+//! - [`collect`]: kernel programs sample stacks and network events into
+//!   ring buffers; the [`collect::Collector`] owns them and feeds the rest.
+//! - [`enrich`]: process metadata (mappings, containers, pods) resolves
+//!   addresses; unwind tables are compiled for the kernel's stack walker.
+//! - [`aggregate`]: samples and network events interned and counted.
+//! - [`symbolize`]: unique addresses named (functions, files, lines).
+//! - [`profile`]: counted stacks laid out as one profile per event.
+//! - [`deliver`]: encoders, backend clients and bounded retention.
+//! - [`control`]: the on-call API (`hearth ctl`) that switches it all on.
+//!
+//! [`pipeline`] strings aggregate → profile together; [`record`] and
+//! [`run`] are the two commands driving the collector, [`check`] reports
+//! what a kernel serves, [`cli`] and [`config`] are their settings, and
+//! [`telemetry`] the agent's own metrics. [`fault`] guards every read of a
+//! memory-mapped object file (which its owner may truncate).
 
 pub mod aggregate;
 pub mod check;
@@ -15,23 +23,17 @@ pub mod cli;
 pub mod collect;
 pub mod config;
 pub mod control;
+pub mod deliver;
+pub mod enrich;
 pub mod event;
-pub mod export;
 pub mod fault;
-pub mod network;
 pub mod pipeline;
-pub mod preflight;
-pub mod probes;
-pub mod process;
 pub mod profile;
 pub mod record;
-pub mod retention;
 pub mod run;
-pub mod scope;
 pub mod symbolize;
 pub mod telemetry;
 pub mod units;
-pub mod unwind;
 
 /// An error and its causes on one line (`outer: cause: root cause`).
 pub fn error_chain(err: &dyn std::error::Error) -> String {

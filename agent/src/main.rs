@@ -56,7 +56,7 @@ fn main() -> ExitCode {
                 anyhow::Ok(())
             }
             Command::Run(args) => {
-                let sources = args.sources().map_err(anyhow::Error::msg)?;
+                let sources = args.sources()?;
                 let config = config::load(&sources)?;
                 if args.print_config {
                     print!("{}", yaml_serde::to_string(&config)?);
@@ -165,7 +165,10 @@ fn print_report(report: &RecordReport) {
 
 /// One line on the table unwinder: what it walked, where walks stopped
 /// early and why, and what it loaded.
-fn unwind_summary(k: &hearth::probes::KernelCounters, u: &hearth::unwind::UnwindStats) -> String {
+fn unwind_summary(
+    k: &hearth::collect::probes::KernelCounters,
+    u: &hearth::enrich::unwind::UnwindStats,
+) -> String {
     let stopped = [
         (k.unwind_no_table, "no table"),
         (k.unwind_bad_cfa, "bad CFA"),

@@ -6,10 +6,10 @@
 
 use crate::{
     aggregate::StackTable,
+    aggregate::network::{NetAggregator, NetStats},
+    collect::probes::{NetRecord, RawSample},
+    enrich::process::{ProcessKey, ProcessLimits, ProcessTable},
     event::Event,
-    network::{NetAggregator, NetStats},
-    probes::{NetRecord, RawSample},
-    process::{ProcessKey, ProcessLimits, ProcessTable},
     profile::{Profile, ProfileMeta, build_profile},
     symbolize::{Symbolizer, SymbolizerStats},
 };

@@ -24,10 +24,10 @@ use prometheus_client::{
 };
 
 use crate::{
-    network::NetStats,
-    probes::{KernelCounters, NetCounters},
-    retention::Dropped,
-    unwind::UnwindStats,
+    aggregate::network::NetStats,
+    collect::probes::{KernelCounters, NetCounters},
+    deliver::retention::Dropped,
+    enrich::unwind::UnwindStats,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

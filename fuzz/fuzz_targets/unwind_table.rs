@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = hearth::unwind::compile_elf(data, 100_000);
+    let _ = hearth_unwind::compile_elf(data, 100_000);
 });

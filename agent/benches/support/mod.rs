@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hearth::probes::{ProbeSettings, Probes, RawSample};
+use hearth::collect::probes::{ProbeSettings, Probes, RawSample};
 
 /// Recurses to `depth`, then spins; many depths give many distinct stacks.
 #[inline(never)]
@@ -92,7 +92,7 @@ pub fn record(seconds: u64, hz: u64, busy: bool) -> Vec<Vec<u8>> {
             ring_buffer_bytes: 16 << 20,
             filter_capacity: 1,
             unwind_mode: hearth_common::unwind::UnwindMode::FramePointers,
-            unwind_capacity: hearth::probes::UnwindCapacity::new(1, 1, 1),
+            unwind_capacity: hearth::collect::probes::UnwindCapacity::new(1, 1, 1),
         })
         .expect("load the sampler");
         let mut ring = sampler.take_ring().unwrap();

@@ -1,21 +1,27 @@
-//! The collector: the loaded kernel programs, their two ring buffers, the
-//! kernel unwinder's tables and the pipeline they feed, as the one piece
-//! `hearth record` and `hearth run` both drive. What differs between them
+//! Collection: the kernel programs and their ring buffers ([`probes`]),
+//! what steers them ([`scope`]: the cgroups sampled; [`preflight`]: the
+//! privileges and limits they need), and the [`Collector`], which owns
+//! the loaded programs, their two ring buffers, the kernel unwinder's
+//! tables and the pipeline they feed, as the one piece `hearth record`
+//! and `hearth run` both drive. What differs between them
 //! (a duration and an output file; windows, export and on-call control)
 //! stays in their own modules.
 
+pub mod preflight;
+pub mod probes;
+pub mod scope;
 mod settings;
 
 pub use settings::{CollectorSettings, SettingsError, SymbolizerSettings, network_probes};
 
 use crate::{
+    aggregate::network::{self, NetAggregator},
+    collect::probes::{ProbeError, Probes, SampleRing},
+    enrich::unwind::{UnwindRegistry, UnwindStats},
     event::Event,
-    network::{self, NetAggregator},
     pipeline::Pipeline,
-    probes::{ProbeError, Probes, SampleRing},
     symbolize::Symbolizer,
     telemetry::Telemetry,
-    unwind::{UnwindRegistry, UnwindStats},
 };
 
 /// Which ring has records waiting.

@@ -2,13 +2,16 @@
 //! configuration becomes it (`record` builds it from its options).
 
 use crate::{
+    aggregate::network,
+    collect::probes::{
+        FrequencyError, NetSettings, ProbeSettings, UnwindCapacity, check_frequency,
+        online_cpu_count,
+    },
     config::Config,
+    enrich::process::ProcessLimits,
+    enrich::unwind::{self, UnwindLimits},
     event::Event,
-    network,
-    probes::{NetSettings, ProbeSettings, UnwindCapacity, check_frequency, online_cpu_count},
-    process::ProcessLimits,
     symbolize,
-    unwind::{self, UnwindLimits},
 };
 
 /// Everything the collector is made from.
@@ -52,7 +55,7 @@ impl Default for SymbolizerSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("config key `frequency`: {0}")]
-    Frequency(String),
+    Frequency(#[from] FrequencyError),
 }
 
 /// The kernel side of network `events`: None when none is wanted.
@@ -76,7 +79,7 @@ impl TryFrom<&Config> for CollectorSettings {
     type Error = SettingsError;
 
     fn try_from(config: &Config) -> Result<Self, SettingsError> {
-        check_frequency(config.frequency).map_err(SettingsError::Frequency)?;
+        check_frequency(config.frequency)?;
         let network_events: Vec<Event> = config
             .events
             .iter()

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 
-use crate::{event::Event, network, probes::RingBufferSize, units::ByteSize};
+use crate::{aggregate::network, collect::probes::RingBufferSize, event::Event, units::ByteSize};
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -202,10 +202,10 @@ impl Default for UnwindConfig {
     fn default() -> Self {
         Self {
             mode: UnwindMethod::Auto,
-            max_rows: crate::unwind::DEFAULT_MAX_ROWS,
-            shard_rows: crate::unwind::DEFAULT_SHARD_ROWS,
-            max_rows_per_object: crate::unwind::DEFAULT_MAX_ROWS_PER_OBJECT,
-            max_processes: crate::unwind::DEFAULT_MAX_PROCESSES,
+            max_rows: crate::enrich::unwind::DEFAULT_MAX_ROWS,
+            shard_rows: crate::enrich::unwind::DEFAULT_SHARD_ROWS,
+            max_rows_per_object: crate::enrich::unwind::DEFAULT_MAX_ROWS_PER_OBJECT,
+            max_processes: crate::enrich::unwind::DEFAULT_MAX_PROCESSES,
         }
     }
 }
@@ -518,22 +518,54 @@ pub struct ServiceNameConfig {
 pub struct ServiceNameRule {
     /// Regular expression on the executable's file name.
     #[serde(default)]
-    pub executable: Option<String>,
+    pub executable: Option<Pattern>,
     /// Regular expression on the executable's full path.
     #[serde(default)]
-    pub executable_path: Option<String>,
+    pub executable_path: Option<Pattern>,
     /// Regular expression on the container id.
     #[serde(default)]
-    pub container_id: Option<String>,
+    pub container_id: Option<Pattern>,
     /// The service name to give.
     pub service: String,
+}
+
+/// A regular expression, compiled once when the configuration is read
+/// (written back as its text).
+#[derive(Clone, Debug)]
+pub struct Pattern(pub regex::Regex);
+
+impl Pattern {
+    pub fn new(text: &str) -> Result<Self, regex::Error> {
+        regex::Regex::new(text).map(Self)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::new(&text).map_err(|err| {
+            serde::de::Error::custom(format!("{text:?} is not a regular expression: {err}"))
+        })
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.as_str())
+    }
 }
 
 /// `auto` or a size, as the ring buffer takes it.
 mod ring_size {
     use serde::{Deserializer, Serializer, de::Error};
 
-    use crate::probes::RingBufferSize;
+    use crate::collect::probes::RingBufferSize;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,

@@ -12,7 +12,7 @@ use tokio::net::{TcpStream, UnixStream};
 use super::{API_PREFIX, Status};
 use crate::{
     cli::{CtlArgs, CtlCommand, CtlFilter},
-    export::OutputFormat,
+    deliver::OutputFormat,
     record::OutputFile,
 };
 

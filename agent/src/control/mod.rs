@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::{export::OutputFormat, process::kubernetes::PodIndex, profile::Profile};
+use crate::{deliver::OutputFormat, enrich::process::kubernetes::PodIndex, profile::Profile};
 
 /// Version prefix of every control endpoint.
 pub const API_PREFIX: &str = "/v1";
@@ -207,7 +207,7 @@ pub const MIN_TOKEN_LEN: usize = 16;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{export::fixtures::small_profile, process::ContainerRef};
+    use crate::{deliver::fixtures::small_profile, enrich::process::ContainerRef};
 
     #[test]
     fn filters_keep_the_chosen_process_container_or_pod() {

@@ -37,7 +37,7 @@ use tokio::{
 };
 
 use super::{API_PREFIX, Filter, ProfileFile, Refusal, Request};
-use crate::export::OutputFormat;
+use crate::deliver::OutputFormat;
 
 type Requests = mpsc::Sender<Request>;
 

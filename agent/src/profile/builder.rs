@@ -7,8 +7,8 @@ use super::{
 };
 use crate::{
     aggregate::{EventTag, StackTable, TagValue},
+    enrich::process::{ProcessId, ProcessTable, UserFrame},
     event::Event,
-    process::{ProcessId, ProcessTable, UserFrame},
     symbolize::{Frame, Symbolizer},
 };
 

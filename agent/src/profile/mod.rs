@@ -7,7 +7,7 @@ mod subset;
 
 pub use builder::{ProfileMeta, build_profile};
 
-use crate::{event::Event, process::ContainerRef};
+use crate::{enrich::process::ContainerRef, event::Event};
 
 /// Index into [`Profile::strings`]; 0 is always the empty string.
 pub type StringId = u32;

@@ -176,7 +176,7 @@ impl Subset<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::export::{fixtures::small_profile, folded_lines};
+    use crate::deliver::{fixtures::small_profile, folded_lines};
 
     #[test]
     fn a_subset_keeps_its_samples_and_only_what_they_use() {

@@ -20,14 +20,14 @@ pub use output::{OutputError, OutputFile};
 pub use targets::TargetError;
 
 use crate::{
+    collect::preflight,
+    collect::probes::{DRAIN_INTERVAL, KernelCounters, NetCounters, Probes, check_frequency},
     collect::{Collector, CollectorSettings},
+    deliver::{self, OutputFormat, SvgOptions},
+    enrich::unwind::UnwindStats,
     event::Event,
-    export::{self, OutputFormat, SvgOptions},
     pipeline::Pipeline,
-    preflight,
-    probes::{DRAIN_INTERVAL, KernelCounters, NetCounters, Probes, check_frequency},
     profile::{Profile, ProfileMeta},
-    unwind::UnwindStats,
 };
 use progress::Progress;
 
@@ -272,7 +272,7 @@ fn write_output(
     start_wall: SystemTime,
 ) -> anyhow::Result<()> {
     let write =
-        |out: &mut dyn std::io::Write| export::write_profile(profile, options.format, &svg, out);
+        |out: &mut dyn std::io::Write| deliver::write_profile(profile, options.format, &svg, out);
     if let Err(err) = output.commit(write) {
         // The recording is not thrown away because its destination failed.
         let rescue = std::env::temp_dir().join(format!(

@@ -3,14 +3,14 @@
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use crate::{
+    aggregate::network,
     cli::RecordArgs,
+    collect::probes::{ProbeSettings, RingBufferSize, UnwindCapacity, online_cpu_count},
     collect::{CollectorSettings, SymbolizerSettings, network_probes},
+    deliver::{OutputFormat, UnknownFormat},
+    enrich::process::ProcessLimits,
+    enrich::unwind::{self, UnwindLimits},
     event::Event,
-    export::{OutputFormat, UnknownFormat},
-    network,
-    probes::{ProbeSettings, RingBufferSize, UnwindCapacity, online_cpu_count},
-    process::ProcessLimits,
-    unwind::{self, UnwindLimits},
 };
 
 /// Default recording time when no command bounds it.

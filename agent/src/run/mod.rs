@@ -5,7 +5,6 @@
 //! SIGINT stops sampling, exports the last partial window within a
 //! deadline, and exits 0.
 
-mod delivery;
 mod oncall;
 mod setup;
 mod window;
@@ -19,17 +18,17 @@ use tokio::{
 };
 
 use crate::{
+    collect::preflight,
+    collect::probes::DRAIN_INTERVAL,
     collect::{Collector, CollectorSettings},
     config::Config,
     control::Request,
-    export::resource::ResourceNamer,
+    deliver::outbox::Outbox,
+    deliver::resource::ResourceNamer,
+    deliver::retention::History,
     pipeline::WindowLimits,
-    preflight,
-    probes::DRAIN_INTERVAL,
-    retention::History,
     telemetry::{self, Telemetry},
 };
-use delivery::Outbox;
 use oncall::OnCall;
 use setup::{ControlServers, SCOPE_RESCAN, Scope};
 use window::{Format, WindowContext, WindowStart};

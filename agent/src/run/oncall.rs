@@ -10,12 +10,12 @@ use prost::Message;
 use crate::{
     config::{Config, Mode},
     control::{Filter, ProfileFile, Refusal, Request, Status},
+    deliver::retention::History,
+    deliver::{self, OutputFormat, SvgOptions, merge_pprof},
+    enrich::process::{ProcessLimits, kubernetes::PodIndex},
     event::Event,
-    export::{self, OutputFormat, SvgOptions, merge_pprof},
     pipeline::Pipeline,
-    process::{ProcessLimits, kubernetes::PodIndex},
     profile::ProfileMeta,
-    retention::History,
     symbolize::Symbolizer,
 };
 
@@ -282,7 +282,7 @@ fn finish_capture(mut capture: Capture, frequency_hz: u64) {
             )),
         };
         let mut bytes = Vec::new();
-        export::write_profile(&profile, capture.format, &svg, &mut bytes)
+        deliver::write_profile(&profile, capture.format, &svg, &mut bytes)
             .map(|()| ProfileFile {
                 format: capture.format,
                 bytes,

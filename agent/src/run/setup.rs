@@ -14,18 +14,16 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{
-    delivery::{Backend, Backoff, Outbox, deliver},
-    window::Format,
-};
+use super::window::Format;
 use crate::{
+    collect::probes::Probes,
+    collect::scope::{self, selector::PodScope},
     config::Config,
     control::{self, Request},
-    export::{otlp::OtlpClient, pyroscope::PyroscopeClient},
-    probes::Probes,
-    process::kubernetes,
-    retention::{ExportQueue, QueueLimits, Spool},
-    scope::{self, selector::PodScope},
+    deliver::outbox::{Backend, Backoff, Outbox, deliver},
+    deliver::retention::{ExportQueue, QueueLimits, Spool},
+    deliver::{otlp::OtlpClient, pyroscope::PyroscopeClient},
+    enrich::process::kubernetes,
     telemetry::{self, Telemetry},
 };
 

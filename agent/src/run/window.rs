@@ -6,17 +6,17 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
-use super::delivery::Outbox;
+use crate::deliver::outbox::Outbox;
 use crate::{
-    event::Event,
-    export::{
+    deliver::retention::{History, HistoryEntry},
+    deliver::{
         otlp::encode_request,
         pyroscope::{encode_push, labelled_profiles},
         resource::ResourceNamer,
     },
+    event::Event,
     pipeline::{Pipeline, WindowLimits},
     profile::{Profile, ProfileMeta},
-    retention::{History, HistoryEntry},
     telemetry::Telemetry,
 };
 

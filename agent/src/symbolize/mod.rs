@@ -22,7 +22,7 @@ use blazesym::symbolize::{
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::process::{ObjectId, ObjectTable};
+use crate::enrich::process::{ObjectId, ObjectTable};
 
 /// One function frame of a symbolized address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -281,7 +281,7 @@ fn malformed_eh_frames_are_errors_not_crashes() {
     let good = cie_and_fde(0x03);
     // Truncated inside the FDE.
     let err = compile(&good[..good.len() - 6], &sections, MAX_ROWS).unwrap_err();
-    assert!(matches!(err, UnwindError::Malformed(_)), "{err}");
+    assert!(matches!(err, CompileError::Malformed(_)), "{err}");
     // A pointer encoding that does not exist.
     let err = compile(&cie_and_fde(0x0f), &sections, MAX_ROWS).unwrap_err();
     assert!(err.to_string().contains("malformed .eh_frame"), "{err}");
@@ -295,7 +295,7 @@ fn malformed_eh_frames_are_errors_not_crashes() {
     // Not ELF at all, and no .eh_frame.
     assert!(matches!(
         compile_elf(b"not an ELF", MAX_ROWS),
-        Err(UnwindError::Elf(_))
+        Err(CompileError::Elf(_))
     ));
     // Random bytes never panic.
     let mut state = 0x2545_f491_4f6c_dd1du64;

@@ -138,7 +138,7 @@ pub fn merge_pprof(profiles: &[&[u8]]) -> io::Result<pb::Profile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::{fixtures::small_profile, write_pprof};
+    use crate::deliver::{fixtures::small_profile, write_pprof};
 
     #[test]
     fn merged_profiles_keep_every_sample_with_its_names() {

@@ -175,7 +175,7 @@ mod tests {
     use flate2::read::GzDecoder;
 
     use super::*;
-    use crate::export::fixtures::small_profile;
+    use crate::deliver::fixtures::small_profile;
 
     fn decoded() -> pb::Profile {
         decode(&small_profile())
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn network_profiles_carry_their_unit_and_labels() {
-        let p = decode(&crate::export::fixtures::small_network_profile());
+        let p = decode(&crate::deliver::fixtures::small_network_profile());
         let t = &p.sample_type[0];
         assert_eq!((str(&p, t.r#type), str(&p, t.unit)), ("tx_bytes", "bytes"));
         assert_eq!(p.period, 1);

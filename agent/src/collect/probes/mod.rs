@@ -3,9 +3,11 @@
 
 pub mod btf;
 mod kernel;
+mod limits;
 mod net;
 mod ring;
 mod sample;
+mod shard;
 mod unwind;
 
 use aya::{
@@ -27,9 +29,12 @@ use hearth_common::{
     unwind::UnwindMode,
 };
 
-use crate::units::ByteSize;
 
 pub use kernel::{Hook, KernelSupport, NetProgram, ReasonNames, SocketHooks, kernel_release};
+pub use limits::{
+    AUTO_RING_SECONDS, FrequencyError, RingBufferSize, RingSizeError, check_frequency,
+    check_ring_buffer_size,
+};
 pub use net::{NetCounters, NetRecord, NetSettings, encode as encode_net_record};
 pub use ring::SampleRing;
 pub use sample::{RawSample, SampleDecodeError, comm_to_str, encode as encode_sample};
@@ -117,87 +122,8 @@ pub enum ProbeError {
     },
     #[error("watching the sample ring buffer failed")]
     Ring(#[source] std::io::Error),
-    #[error("mapping the unwind table array into memory failed")]
-    MapMemory(#[source] std::io::Error),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_ring_scales_with_cpus_and_rate_within_bounds() {
-        assert_eq!(RingBufferSize::Auto.bytes(2, 19), 256 << 10);
-        // 64 CPUs x 99 Hz x 320 B x 2 s = 4.06 MB.
-        assert_eq!(RingBufferSize::Auto.bytes(64, 99), 4 << 20);
-        assert_eq!(RingBufferSize::Auto.bytes(1024, 10_000), 64 << 20);
-        assert_eq!("auto".parse(), Ok(RingBufferSize::Auto));
-        assert_eq!("1MiB".parse(), Ok(RingBufferSize::Fixed(ByteSize(1 << 20))));
-        assert!(
-            "3MiB"
-                .parse::<RingBufferSize>()
-                .unwrap_err()
-                .contains("power of two")
-        );
-        assert!(
-            "lots"
-                .parse::<RingBufferSize>()
-                .unwrap_err()
-                .contains("or auto")
-        );
-    }
-}
-
-/// The sample ring's size: chosen from the machine and the rate, or given.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum RingBufferSize {
-    /// Room for about [`AUTO_RING_SECONDS`] of samples from every CPU.
-    #[default]
-    Auto,
-    Fixed(ByteSize),
-}
-
-/// Seconds of samples an `auto` ring holds: enough to ride out a slow
-/// window build (symbolizing a large binary for the first time).
-pub const AUTO_RING_SECONDS: u64 = 2;
-/// A typical record: header plus about 32 frames.
-const TYPICAL_RECORD_BYTES: u64 = 320;
-
-impl std::str::FromStr for RingBufferSize {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        if text.trim().eq_ignore_ascii_case("auto") {
-            return Ok(Self::Auto);
-        }
-        let size: ByteSize = text
-            .parse()
-            .map_err(|e: crate::units::ByteSizeError| format!("{e}, or auto"))?;
-        check_ring_buffer_size(size)?;
-        Ok(Self::Fixed(size))
-    }
-}
-
-impl std::fmt::Display for RingBufferSize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Auto => f.write_str("auto"),
-            Self::Fixed(size) => size.fmt(f),
-        }
-    }
-}
-
-impl RingBufferSize {
-    /// Bytes for `cpus` CPUs sampled at `frequency_hz`.
-    pub fn bytes(self, cpus: u64, frequency_hz: u64) -> u32 {
-        match self {
-            Self::Fixed(size) => size.0 as u32,
-            Self::Auto => {
-                let wanted = cpus * frequency_hz * TYPICAL_RECORD_BYTES * AUTO_RING_SECONDS;
-                wanted.next_power_of_two().clamp(256 << 10, 64 << 20) as u32
-            }
-        }
-    }
+    #[error("making or mapping an unwind row shard failed")]
+    Shard(#[source] std::io::Error),
 }
 
 /// CPUs the sampler attaches to.
@@ -209,34 +135,6 @@ pub fn online_cpu_count() -> u64 {
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-}
-
-/// Checks a ring-buffer size: a power of two from one page to 1GiB.
-/// Returns the size in bytes, or what is wrong with it.
-pub fn check_ring_buffer_size(size: ByteSize) -> Result<u32, String> {
-    let page = ByteSize(page_size() as u64);
-    if size.0.is_power_of_two() && size >= page && size <= ByteSize(1 << 30) {
-        Ok(size.0 as u32)
-    } else {
-        Err(format!(
-            "must be a power of two from one page ({page}) to 1GiB, not {size}"
-        ))
-    }
-}
-
-/// Checks a sampling rate against the kernel's ceiling
-/// (`kernel.perf_event_max_sample_rate`).
-pub fn check_frequency(frequency_hz: u64) -> Result<(), String> {
-    let max = std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok());
-    match max {
-        Some(max) if frequency_hz > max => Err(format!(
-            "{frequency_hz} Hz is above this kernel's limit of {max} Hz \
-             (sysctl kernel.perf_event_max_sample_rate); choose a lower rate"
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// Totals of the kernel-side counters, summed over CPUs.

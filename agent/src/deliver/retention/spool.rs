@@ -303,7 +303,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::retention::{ExportQueue, QueueLimits};
+    use crate::deliver::retention::{ExportQueue, QueueLimits};
 
     fn limits() -> QueueLimits {
         QueueLimits {

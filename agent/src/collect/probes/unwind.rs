@@ -4,24 +4,23 @@
 //! row) and the per-process mapping entries.
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     ptr::NonNull,
 };
 
-use aya::maps::{ArrayOfMaps, HashMap, MapData};
+use aya::maps::{HashMap, MapData};
 use hearth_common::unwind::{
     ProcessUnwind, UNWIND_MAX_SHARDS, UNWIND_SHARD_STRIDE_LOG2, UnwindRow,
 };
 
-use super::{ProbeError, map_error};
+use super::{
+    ProbeError, map_error,
+    shard::{self, Shard},
+};
 
 pub(super) const UNWIND_ROW_SHARDS: &str = "UNWIND_ROW_SHARDS";
 pub(super) const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
 pub(super) const UNWIND_PROGRAMS: &str = "UNWIND_PROGRAMS";
-
-/// `BPF_F_MMAPABLE | BPF_F_INNER_MAP`: the flags of the eBPF side's shard
-/// template, which every shard must carry too.
-const SHARD_FLAGS: u32 = 1024 | 4096;
 
 /// Limits of the kernel unwinder's maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,9 +54,10 @@ impl UnwindCapacity {
 
 /// Writable view of the kernel unwinder's maps.
 pub struct UnwindMaps {
-    shards_map: ArrayOfMaps<MapData, MapData>,
-    /// The same map, for the one call aya's ArrayOfMaps lacks.
+    /// The array of shards the kernel looks rows up through.
     shards_fd: OwnedFd,
+    /// The BTF every shard is made with (see [`shard`]).
+    shard_btf: OwnedFd,
     shards: Vec<Shard>,
     capacity: UnwindCapacity,
     processes: HashMap<MapData, u32, ProcessUnwind>,
@@ -75,12 +75,11 @@ impl UnwindMaps {
             .fd()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(ProbeError::MapMemory)?;
-        let shards_map = ArrayOfMaps::try_from(aya::maps::Map::ArrayOfMaps(shards))
-            .map_err(|source| map_error(UNWIND_ROW_SHARDS, source))?;
+            .map_err(ProbeError::Shard)?;
+        let shard_btf = shard::load_shard_btf().map_err(ProbeError::Shard)?;
         Ok(Self {
-            shards_map,
             shards_fd,
+            shard_btf,
             shards: Vec::new(),
             capacity,
             processes,
@@ -102,19 +101,9 @@ impl UnwindMaps {
     pub fn add_shard(&mut self) -> Result<(), ProbeError> {
         let index = self.shards();
         assert!(index < self.capacity.max_shards, "shard beyond the store");
-        let definition = aya_obj::Map::new_from_params(
-            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
-            size_of::<u32>() as u32,
-            size_of::<UnwindRow>() as u32,
-            self.capacity.shard_rows,
-            SHARD_FLAGS,
-        );
-        let array = MapData::create(definition, "hearth_rows", None)
-            .map_err(|source| map_error(UNWIND_ROW_SHARDS, source))?;
-        let shard = Shard::map(array, self.capacity.shard_rows)?;
-        self.shards_map
-            .set(index, &shard.array, 0)
-            .map_err(|source| map_error(UNWIND_ROW_SHARDS, source))?;
+        let shard =
+            Shard::create(&self.shard_btf, self.capacity.shard_rows).map_err(ProbeError::Shard)?;
+        shard::set_slot(&self.shards_fd, index, &shard).map_err(ProbeError::Shard)?;
         self.shards.push(shard);
         Ok(())
     }
@@ -125,11 +114,9 @@ impl UnwindMaps {
         let Some(index) = self.shards().checked_sub(1) else {
             return;
         };
-        // An array of maps slot is emptied by deleting it; aya's
-        // ArrayOfMaps has no remove, so the syscall is made here.
         // Should the delete fail, the slot keeps the (empty) shard alive in
         // the kernel until a new shard is set there; nothing points into it.
-        if let Err(err) = delete_slot(&self.shards_fd, index) {
+        if let Err(err) = shard::delete_slot(&self.shards_fd, index) {
             tracing::debug!(%err, shard = index, "emptying a row store slot");
         }
         self.shards.pop();
@@ -188,85 +175,5 @@ impl UnwindMaps {
     /// Tgids with an entry in the kernel map.
     pub fn processes(&self) -> Vec<u32> {
         self.processes.keys().filter_map(Result::ok).collect()
-    }
-}
-
-/// Deletes slot `index` of an array of maps (the kernel allows it for
-/// map-in-map arrays: the slot then holds no map).
-fn delete_slot(map: &OwnedFd, index: u32) -> std::io::Result<()> {
-    #[repr(C)]
-    struct DeleteAttr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-    }
-    let attr = DeleteAttr {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: std::ptr::from_ref(&index) as u64,
-    };
-    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-    // SAFETY: a BPF_MAP_DELETE_ELEM call with a valid attribute block whose
-    // key points at a live u32.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_DELETE_ELEM,
-            std::ptr::from_ref(&attr),
-            size_of::<DeleteAttr>() as u32,
-        )
-    };
-    if result < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// One shard, mapped into the agent's memory.
-struct Shard {
-    array: MapData,
-    base: NonNull<UnwindRow>,
-    len: usize,
-    bytes: usize,
-}
-
-// SAFETY: the mapping is owned by this value and only written through
-// &mut UnwindMaps.
-unsafe impl Send for Shard {}
-
-impl Shard {
-    fn map(array: MapData, len: u32) -> Result<Self, ProbeError> {
-        let page = super::page_size();
-        let len = len as usize;
-        let bytes = (len * size_of::<UnwindRow>()).div_ceil(page) * page;
-        // SAFETY: a shared mapping of the array's fd, the way the kernel
-        // documents for BPF_F_MMAPABLE arrays; unmapped on drop.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                array.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(ProbeError::MapMemory(std::io::Error::last_os_error()));
-        }
-        Ok(Self {
-            array,
-            base: NonNull::new(base.cast()).expect("mmap returned null"),
-            len,
-            bytes,
-        })
-    }
-}
-
-impl Drop for Shard {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, not used after this.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use kube::core::{Expression, Selector, SelectorExt as _};
 
-use crate::{config::ScopeConfig, process::kubernetes::PodInfo};
+use crate::{config::ScopeConfig, enrich::process::kubernetes::PodInfo};
 
 /// The pods `scope.namespaces` and `scope.pod_selector` choose.
 #[derive(Clone, Debug)]
@@ -17,7 +17,7 @@ pub struct PodScope {
 
 impl PodScope {
     /// `None` when the configuration chooses no pods this way.
-    pub fn from_config(scope: &ScopeConfig) -> Result<Option<Self>, String> {
+    pub fn from_config(scope: &ScopeConfig) -> Result<Option<Self>, SelectorError> {
         if !scope.selects_pods() {
             return Ok(None);
         }
@@ -38,22 +38,29 @@ impl PodScope {
 /// Reads a label selector: requirements separated by commas, each one of
 /// `key`, `!key`, `key=value`, `key==value`, `key!=value`,
 /// `key in (a,b)` or `key notin (a,b)`.
-pub fn parse(text: &str) -> Result<Selector, String> {
+pub fn parse(text: &str) -> Result<Selector, SelectorError> {
     if text.trim().is_empty() {
-        return Err("the label selector is empty; write e.g. `app=web`".into());
+        return Err(SelectorError(
+            "the label selector is empty; write e.g. `app=web`".into(),
+        ));
     }
     let mut expressions = Vec::new();
-    for requirement in split_requirements(text)? {
+    for requirement in split_requirements(text).map_err(SelectorError)? {
         expressions.push(requirement_of(requirement.trim()).map_err(|problem| {
-            format!(
+            SelectorError(format!(
                 "`{}` in the label selector {text:?}: {problem}; write e.g. \
                  `app=web,tier in (api,worker),!canary`",
                 requirement.trim()
-            )
+            ))
         })?);
     }
     Ok(Selector::from_iter(expressions))
 }
+
+/// What is wrong with a label selector, and how one is written.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct SelectorError(String);
 
 /// Splits at the commas outside parentheses.
 fn split_requirements(text: &str) -> Result<Vec<&str>, String> {
@@ -229,7 +236,7 @@ mod tests {
             match parse(text) {
                 // `app=` is a valid selector: the empty value.
                 Ok(selector) => assert_eq!(text, "app=", "{text:?} gave {selector}"),
-                Err(err) => assert!(err.contains(problem), "{text:?}: {err}"),
+                Err(err) => assert!(err.0.contains(problem), "{text:?}: {err}"),
             }
         }
     }

@@ -1,12 +1,18 @@
-//! Export: writes a [`Profile`] as collapsed stacks, gzipped pprof, or an
-//! interactive flamegraph SVG. Last stage of the data's way.
+//! Delivery, the last stage of the data's way: encoders (collapsed
+//! stacks, gzipped pprof, flamegraph SVG, OTLP, Pyroscope's push) with the
+//! [`resource`] attributes profiles are grouped by, clients for the
+//! backends ([`send`], [`otlp`], [`pyroscope`]), and what bounds what
+//! waits: per-backend [`outbox`] tasks and their [`retention`] (queues,
+//! spool, local history).
 
 mod folded;
 pub mod otlp;
+pub mod outbox;
 mod pprof;
 mod pprof_merge;
 pub mod pyroscope;
 pub mod resource;
+pub mod retention;
 pub mod send;
 mod svg;
 

@@ -6,8 +6,8 @@ use regex::Regex;
 use rustc_hash::FxHashMap;
 
 use crate::{
-    config::ServiceNameConfig,
-    process::{
+    config::{Pattern, ServiceNameConfig},
+    enrich::process::{
         ContainerRef,
         kubernetes::{PodIndex, PodInfo},
     },
@@ -75,9 +75,9 @@ pub struct ResourceNamer {
 }
 
 impl ResourceNamer {
-    /// Patterns were checked when the configuration was loaded.
+    /// Patterns were compiled when the configuration was read.
     pub fn new(config: &ServiceNameConfig, host_name: String) -> Self {
-        let compile = |p: &Option<String>| p.as_deref().map(|p| Regex::new(p).expect("validated"));
+        let compile = |p: &Option<Pattern>| p.as_ref().map(|p| p.0.clone());
         let rules = config
             .rules
             .iter()
@@ -240,7 +240,10 @@ impl ResourceNamer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::ServiceNameRule, export::fixtures::small_profile};
+    use crate::{
+        config::{Pattern, ServiceNameRule},
+        deliver::fixtures::small_profile,
+    };
 
     fn namer(rules: Vec<ServiceNameRule>) -> ResourceNamer {
         ResourceNamer::new(&ServiceNameConfig { rules }, "node-1".into())
@@ -318,7 +321,7 @@ mod tests {
     #[test]
     fn the_first_matching_rule_names_the_service() {
         let rule = |executable: &str, service: &str| ServiceNameRule {
-            executable: Some(executable.into()),
+            executable: Some(Pattern::new(executable).unwrap()),
             executable_path: None,
             container_id: None,
             service: service.into(),

@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::process::pod_uid;
+use crate::enrich::process::pod_uid;
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on most
 /// systems, `/sys/fs/cgroup/unified` on hybrid ones), from

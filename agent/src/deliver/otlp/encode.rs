@@ -8,8 +8,8 @@ use rustc_hash::FxHashMap;
 
 use super::proto as otlp;
 use crate::{
+    deliver::resource::{AttributeValue, ResourceGroup, keys},
     event::Event,
-    export::resource::{AttributeValue, ResourceGroup, keys},
     profile::{LabelValue, Profile, StringId},
 };
 
@@ -296,7 +296,7 @@ mod tests {
     use super::*;
     use crate::{
         config::ServiceNameConfig,
-        export::{fixtures::small_profile, resource::ResourceNamer},
+        deliver::{fixtures::small_profile, resource::ResourceNamer},
     };
 
     fn request(profile: &Profile) -> otlp::ExportProfilesServiceRequest {
@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn network_profiles_carry_their_unit_and_peer_attributes() {
-        let profile = crate::export::fixtures::small_network_profile();
+        let profile = crate::deliver::fixtures::small_network_profile();
         let request = request(&profile);
         let d = request.dictionary.as_ref().unwrap();
         let s = |i: i32| d.string_table[i as usize].as_str();

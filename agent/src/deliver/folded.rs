@@ -54,7 +54,7 @@ pub fn write_folded(profile: &Profile, mut out: impl io::Write) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::fixtures::small_profile;
+    use crate::deliver::fixtures::small_profile;
 
     #[test]
     fn stacks_are_root_first_with_process_name_and_kernel_suffix() {

@@ -36,7 +36,7 @@ pub fn write_svg(profile: &Profile, options: &SvgOptions, out: impl io::Write) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::fixtures::small_profile;
+    use crate::deliver::fixtures::small_profile;
 
     fn svg_of(profile: &Profile) -> String {
         let mut out = Vec::new();

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 
 use crate::{
-    export::{otlp::OtlpClient, pyroscope::PyroscopeClient, send::SendError},
-    retention::ExportQueue,
+    deliver::retention::ExportQueue,
+    deliver::{otlp::OtlpClient, pyroscope::PyroscopeClient, send::SendError},
     telemetry::{Delivery, Telemetry},
 };
 

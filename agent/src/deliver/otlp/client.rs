@@ -16,7 +16,7 @@ use tonic::{
 use super::proto::{ExportProfilesServiceResponse, GRPC_EXPORT_PATH, HTTP_EXPORT_PATH};
 use crate::{
     config::{Compression, OtlpConfig, OtlpProtocol},
-    export::send::{SendError, SetupError, http_client, post, read_ca},
+    deliver::send::{SendError, SetupError, http_client, post, read_ca},
 };
 
 pub struct OtlpClient {

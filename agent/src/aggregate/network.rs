@@ -11,9 +11,9 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     aggregate::{EventTag, StackTable, TagValue},
+    collect::probes::{NetRecord, RawSample, ReasonNames},
+    enrich::process::ProcessTable,
     event::Event,
-    probes::{NetRecord, RawSample, ReasonNames},
-    process::ProcessTable,
 };
 
 /// Default bytes of the network event ring (`network.ring_buffer`): about
@@ -323,7 +323,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{probes::encode_net_record, process::ProcessLimits};
+    use crate::{collect::probes::encode_net_record, enrich::process::ProcessLimits};
 
     const NO_SUCH_PID: u32 = 0x7fff_fff0;
 

@@ -5,7 +5,9 @@
 //! stubs, signal trampolines, the outermost frame). Rows are sorted by
 //! address; adjacent rows with the same rule are merged.
 //!
-//! A malformed or oversized `.eh_frame` is an error for that object alone.
+//! Pure: bytes in, rows out (gimli and object do the reading). A malformed
+//! or oversized `.eh_frame` is an error for that object alone; the agent
+//! decides where the bytes come from and where the rows go.
 
 use gimli::{
     BaseAddresses, CfaRule, CieOrFde, EhFrame, NativeEndian, Register, RegisterRule, UnwindContext,
@@ -14,32 +16,9 @@ use gimli::{
 use hearth_common::unwind::{UnwindKind, UnwindRow};
 use object::{Object as _, ObjectSection as _};
 
-mod alloc;
-mod load;
-mod registry;
-
-pub use load::ObjectKey;
-
-/// Default `unwind.shard_rows`: 4 MiB of rows a shard, room for libc
-/// (about 28,000 rows) many times over, or one very large binary.
-pub const DEFAULT_SHARD_ROWS: u32 = 1 << 19;
-/// Default `unwind.max_rows`: 32 MiB of rows when all eight shards are
-/// made; a node that needs less never makes them.
-pub const DEFAULT_MAX_ROWS: u32 = 1 << 22;
-/// Default `unwind.max_rows_per_object` (a table must fit in one shard).
-pub const DEFAULT_MAX_ROWS_PER_OBJECT: u32 = 1 << 19;
-/// Longest wait between re-reads of a process whose samples keep finding
-/// addresses outside its known mappings.
-pub const MAX_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
-/// Default `unwind.max_processes`.
-pub const DEFAULT_MAX_PROCESSES: u32 = 4096;
-pub use registry::{UnwindLimits, UnwindRegistry, UnwindStats};
-
-/// Why an object got no table.
+/// Why an object's `.eh_frame` gave no table.
 #[derive(Debug, thiserror::Error)]
-pub enum UnwindError {
-    #[error("cannot read the object file: {0}")]
-    Read(#[source] std::io::Error),
+pub enum CompileError {
     #[error("not a readable ELF file: {0}")]
     Elf(#[from] object::Error),
     #[error("only x86-64 objects are supported")]
@@ -52,8 +31,6 @@ pub enum UnwindError {
     TooLarge { limit: usize },
     #[error("code at {0:#x} lies beyond the 4 GiB a table row can address")]
     AddressTooHigh(u64),
-    #[error("the object file shrank while it was read")]
-    Shrunk,
 }
 
 /// A compiled table: rows sorted by `pc`.
@@ -78,14 +55,14 @@ impl UnwindTable {
 
 /// Compiles the `.eh_frame` of the ELF object `data`, with at most
 /// `max_rows` rows.
-pub fn compile_elf(data: &[u8], max_rows: usize) -> Result<UnwindTable, UnwindError> {
+pub fn compile_elf(data: &[u8], max_rows: usize) -> Result<UnwindTable, CompileError> {
     let file = object::File::parse(data)?;
     if file.architecture() != object::Architecture::X86_64 {
-        return Err(UnwindError::Architecture);
+        return Err(CompileError::Architecture);
     }
     let section = file
         .section_by_name(".eh_frame")
-        .ok_or(UnwindError::NoEhFrame)?;
+        .ok_or(CompileError::NoEhFrame)?;
     let address_of = |name: &str| file.section_by_name(name).map(|s| s.address());
     let sections = SectionAddresses {
         eh_frame: section.address(),
@@ -108,7 +85,7 @@ pub fn compile(
     eh_frame: &[u8],
     sections: &SectionAddresses,
     max_rows: usize,
-) -> Result<UnwindTable, UnwindError> {
+) -> Result<UnwindTable, CompileError> {
     let section = EhFrame::new(eh_frame, NativeEndian);
     let mut bases = BaseAddresses::default().set_eh_frame(sections.eh_frame);
     if let Some(text) = sections.text {
@@ -152,14 +129,14 @@ pub fn compile(
 }
 
 /// `row` placed at `pc`.
-fn at(mut row: UnwindRow, pc: u64) -> Result<UnwindRow, UnwindError> {
-    row.pc = u32::try_from(pc).map_err(|_| UnwindError::AddressTooHigh(pc))?;
+fn at(mut row: UnwindRow, pc: u64) -> Result<UnwindRow, CompileError> {
+    row.pc = u32::try_from(pc).map_err(|_| CompileError::AddressTooHigh(pc))?;
     Ok(row)
 }
 
-fn push(rows: &mut Vec<UnwindRow>, row: UnwindRow, max_rows: usize) -> Result<(), UnwindError> {
+fn push(rows: &mut Vec<UnwindRow>, row: UnwindRow, max_rows: usize) -> Result<(), CompileError> {
     if rows.len() >= max_rows {
-        return Err(UnwindError::TooLarge { limit: max_rows });
+        return Err(CompileError::TooLarge { limit: max_rows });
     }
     rows.push(row);
     Ok(())

@@ -48,7 +48,7 @@ pub fn map(path: &Path) -> Result<memmap2::Mmap, UnwindError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unwind::compile_elf;
+    use crate::enrich::unwind::compile_elf;
 
     #[test]
     fn own_code_maps_back_to_its_elf_address() {

@@ -23,8 +23,8 @@ use super::{
     load::{ObjectKey, load_bias, map as map_object},
 };
 use crate::{
-    probes::{ProbeError, UnwindMaps},
-    process::{ProcessKey, live_process},
+    collect::probes::{ProbeError, UnwindMaps},
+    enrich::process::{ProcessKey, live_process},
 };
 
 /// Limits of what the agent loads into the kernel unwinder.
@@ -300,7 +300,7 @@ impl UnwindRegistry {
             );
             Err(UnwindError::Shrunk)
         } else {
-            compiled
+            compiled.map_err(UnwindError::from)
         };
         let (first_row, rows) = match compiled {
             Ok(table) if table.rows.is_empty() => (0, 0),

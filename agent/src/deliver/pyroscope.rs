@@ -116,7 +116,7 @@ mod tests {
     use super::*;
     use crate::{
         config::ServiceNameConfig,
-        export::{fixtures::small_profile, resource::ResourceNamer},
+        deliver::{fixtures::small_profile, resource::ResourceNamer},
     };
 
     #[test]
