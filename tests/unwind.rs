@@ -352,6 +352,27 @@ fn rows_beyond(port: u16, above: f64) -> f64 {
     }
 }
 
+/// The rows in use once a process started at `spawned` has all its
+/// tables: more than `above`, past the fixture's dlopen (1 s after it
+/// starts; samples taken while it starts up load the other objects
+/// first), and unchanged for a second.
+fn settled_rows(port: u16, above: f64, spawned: Instant) -> f64 {
+    let deadline = Instant::now() + patience(Duration::from_secs(30));
+    let mut last = rows_beyond(port, above);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let rows = unwind_metric(port, "hearth_unwind_rows");
+        if rows == last && spawned.elapsed() >= patience(Duration::from_millis(2500)) {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unwind rows never settled: {rows}"
+        );
+        last = rows;
+    }
+}
+
 /// The row array fragmented on purpose: three libraries of one size
 /// loaded one after the other, the first one's process gone, and a larger
 /// library that fits only if the third moves into the first one's gap.
@@ -531,9 +552,9 @@ fn the_row_store_grows_with_the_objects_and_gives_shards_back() {
     // program and library), and of the second's own program and library.
     let (agent, port) = start_unwinding_agent(&receiver, &out.path().join("m.sock"), &scope, None);
     let first = spawn(&fixtures[0]);
-    let one = rows_beyond(port, 0.0);
+    let one = settled_rows(port, 0.0, Instant::now());
     let second = spawn(&fixtures[1]);
-    let two = rows_beyond(port, one);
+    let two = settled_rows(port, one, Instant::now());
     drop((first, second));
     drop(terminate(agent, Duration::from_secs(20)));
     let own = two - one;

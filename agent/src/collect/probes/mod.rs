@@ -29,7 +29,6 @@ use hearth_common::{
     unwind::UnwindMode,
 };
 
-
 pub use kernel::{Hook, KernelSupport, NetProgram, ReasonNames, SocketHooks, kernel_release};
 pub use limits::{
     AUTO_RING_SECONDS, FrequencyError, RingBufferSize, RingSizeError, check_frequency,

@@ -29,7 +29,8 @@ const SHARD_FLAGS: u32 = 1024 | 4096;
 const KEY_TYPE: u32 = 1;
 const VALUE_TYPE: u32 = 2;
 
-/// `bpf(cmd, attr, size)`: a file descriptor or 0, or the error.
+/// `bpf(cmd, attr, size)`: a file descriptor or 0, or the error. `T` must
+/// have no padding (the kernel reads every byte of it).
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<i64> {
     // SAFETY: `attr` is a live, fully initialised attribute block of the
     // layout `cmd` takes, and its size is passed with it.
@@ -91,44 +92,71 @@ fn shard_btf() -> Vec<u8> {
     blob
 }
 
-/// Loads [`shard_btf`] into the kernel.
+// Packed to its 28 bytes: padding after the last field would reach
+// the kernel uninitialised, and kernels before 6.4 refuse any nonzero
+// byte past the fields they know (EINVAL).
+#[repr(C, packed(4))]
+struct BtfLoad {
+    btf: u64,
+    log_buf: u64,
+    size: u32,
+    log_size: u32,
+    log_level: u32,
+}
+
+#[repr(C)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+    map_ifindex: u32,
+    btf_fd: u32,
+    btf_key_type_id: u32,
+    btf_value_type_id: u32,
+}
+
+/// Loads [`shard_btf`] into the kernel; on failure, once more with the
+/// kernel's log, which the error then carries.
 pub(super) fn load_shard_btf() -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct BtfLoad {
-        btf: u64,
-        log_buf: u64,
-        size: u32,
-        log_size: u32,
-        log_level: u32,
-    }
     let blob = shard_btf();
-    let attr = BtfLoad {
-        btf: blob.as_ptr() as u64,
-        log_buf: 0,
-        size: blob.len() as u32,
-        log_size: 0,
-        log_level: 0,
+    let load = |log: &mut [u8], level: u32| {
+        let attr = BtfLoad {
+            btf: blob.as_ptr() as u64,
+            log_buf: if level > 0 {
+                log.as_mut_ptr() as u64
+            } else {
+                0
+            },
+            size: blob.len() as u32,
+            log_size: if level > 0 { log.len() as u32 } else { 0 },
+            log_level: level,
+        };
+        bpf(BPF_BTF_LOAD, &attr).map(owned)
     };
-    bpf(BPF_BTF_LOAD, &attr).map(owned)
+    let err = match load(&mut [], 0) {
+        Ok(fd) => return Ok(fd),
+        Err(err) => err,
+    };
+    let mut log = vec![0u8; 16 << 10];
+    let _ = load(&mut log, 1);
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let said = String::from_utf8_lossy(&log[..end]);
+    Err(io::Error::new(
+        err.kind(),
+        format!(
+            "loading the shards' BTF: {err}; the kernel said: {}",
+            said.trim()
+        ),
+    ))
 }
 
 /// Makes an array of `rows` rows to serve as a shard.
 fn create_array(btf: &OwnedFd, rows: u32) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct MapCreate {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-        inner_map_fd: u32,
-        numa_node: u32,
-        map_name: [u8; 16],
-        map_ifindex: u32,
-        btf_fd: u32,
-        btf_key_type_id: u32,
-        btf_value_type_id: u32,
-    }
     let mut map_name = [0u8; 16];
     map_name[..11].copy_from_slice(b"hearth_rows");
     let attr = MapCreate {
@@ -236,6 +264,17 @@ impl Drop for Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attribute_blocks_have_no_padding() {
+        // What the kernel's union bpf_attr holds for each command.
+        let btf_load = 8 + 8 + 4 + 4 + 4;
+        let map_create = 4 * 7 + 16 + 4 * 4;
+        let elem = 4 + 4 + 8 + 8 + 8;
+        assert_eq!(size_of::<BtfLoad>(), btf_load);
+        assert_eq!(size_of::<MapCreate>(), map_create);
+        assert_eq!(size_of::<ElemAttr>(), elem);
+    }
 
     #[test]
     fn the_shard_btf_is_laid_out_as_the_kernel_reads_it() {
