@@ -191,8 +191,13 @@ fn set(tree: &mut Value, path: &[String], value: Value) {
     set(child, rest, value);
 }
 
-/// The source of `key`, or of its nearest ancestor or descendant that has one.
+/// The source of `key`, or of its nearest ancestor or descendant that has
+/// one. A list's items (`rules[0].executable`) come from the list's source.
 fn origin_of(origins: &BTreeMap<String, String>, key: &str) -> String {
+    let key = match key.find('[') {
+        Some(at) => &key[..at],
+        None => key,
+    };
     let mut probe = key;
     loop {
         if let Some(origin) = origins.get(probe) {
@@ -496,13 +501,14 @@ mod tests {
         assert!(text.contains("matches nothing"), "{text}");
         let yaml =
             file("service_name:\n  rules:\n    - executable: '(unclosed'\n      service: x\n");
-        assert!(
-            error_of(ConfigSources {
-                file: Some(yaml.path().to_owned()),
-                ..Default::default()
-            })
-            .contains("service_name.rules")
-        );
+        let text = error_of(ConfigSources {
+            file: Some(yaml.path().to_owned()),
+            ..Default::default()
+        });
+        assert!(text.contains("service_name.rules"), "{text}");
+        // The pattern came from the file, and the message says so.
+        let from = format!("(in {})", yaml.path().display());
+        assert!(text.contains(&from), "{text}");
     }
 
     #[test]
