@@ -12,7 +12,8 @@ use crate::{
     aggregate::network,
     collect::preflight,
     collect::probes::{
-        Hook, NetSettings, ProbeSettings, Probes, RingBufferSize, SocketHooks, UnwindCapacity,
+        OffCpuSettings,
+NetSettings, ProbeSettings, Probes, RingBufferSize, SocketHooks, UnwindCapacity,
         online_cpu_count,
     },
     enrich::unwind,
@@ -43,7 +44,7 @@ const CHECK_FREQUENCY_HZ: u64 = 19;
 pub fn run() -> anyhow::Result<Report> {
     preflight::check_privileges()?;
     preflight::raise_resource_limits();
-    let network_events: Vec<Event> = Event::ALL.into_iter().filter(|e| e.is_network()).collect();
+    let network_events: Vec<Event> = Event::ALL.into_iter().filter(|e| e.is_ring_event()).collect();
     let mut probes = Probes::load(&ProbeSettings {
         cpu: true,
         frequency_hz: CHECK_FREQUENCY_HZ,
@@ -57,6 +58,11 @@ pub fn run() -> anyhow::Result<Report> {
             socket_owners: network::DEFAULT_SOCKET_OWNERS,
             user_stacks: true,
             call_sites: network::DEFAULT_CALL_SITES,
+            off_cpu: Some(OffCpuSettings {
+                min_block_ns: network::DEFAULT_OFF_CPU_MIN_NS,
+                probability: network::DEFAULT_OFF_CPU_PROBABILITY,
+                max_blocked_threads: network::DEFAULT_MAX_BLOCKED_THREADS,
+            }),
         }),
         cgroup_capacity: Some(1),
         ignore_own_process: true,
@@ -113,10 +119,7 @@ fn hooks_of(probes: &Probes, event: Event) -> String {
     let mut hooks: Vec<String> = Vec::new();
     for program in probes.net_programs() {
         if kinds.contains(&program.kind) {
-            let hook = match program.hook {
-                Hook::RawTracepoint(name) => format!("tracepoint {name}"),
-                Hook::Fexit(name) => format!("fexit {name}"),
-            };
+            let hook = program.hook.to_string();
             if !hooks.contains(&hook) {
                 hooks.push(hook);
             }

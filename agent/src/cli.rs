@@ -174,7 +174,7 @@ pub struct RunArgs {
     pub frequency: Option<String>,
 
     /// Profile to build (repeatable): cpu, tx-bytes, rx-bytes, retransmits,
-    /// resets, connect-latency, drops [key: events, default cpu].
+    /// resets, connect-latency, drops, off-cpu [key: events, default cpu].
     #[arg(short, long = "event", value_name = "NAME")]
     pub events: Vec<String>,
 
@@ -334,10 +334,20 @@ pub struct RecordArgs {
     pub format: Option<OutputFormat>,
 
     /// What to profile (repeatable): cpu, tx-bytes, rx-bytes, retransmits,
-    /// resets, connect-latency, drops. With several, one file per event,
-    /// named <stem>.<event>.<ext> after --output.
+    /// resets, connect-latency, drops, off-cpu. With several, one file per
+    /// event, named <stem>.<event>.<ext> after --output.
     #[arg(short, long = "event", value_name = "NAME", default_value = "cpu")]
     pub events: Vec<Event>,
+
+    /// off-cpu: the shortest block recorded (e.g. 1ms, 100us, 0s for all);
+    /// shorter ones are counted in the summary.
+    #[arg(long, value_name = "DURATION", default_value = "1ms")]
+    pub off_cpu_min: humantime::Duration,
+
+    /// off-cpu: the chance a block is recorded, above 0 and at most 1; the
+    /// time recorded is scaled by 1/probability.
+    #[arg(long, value_name = "P", default_value = "1")]
+    pub off_cpu_probability: crate::units::Probability,
 
     /// Leave out kernel stacks.
     #[arg(long)]

@@ -1,5 +1,5 @@
-//! What a profile measures: CPU time, or one kind of network event. Each
-//! is its own profile with its own sample type and unit.
+//! What a profile measures: CPU time, one kind of network event, or time
+//! off the CPU. Each is its own profile with its own sample type and unit.
 
 use std::{fmt, str::FromStr};
 
@@ -20,10 +20,12 @@ pub enum Event {
     ConnectLatency,
     /// Packets dropped, by drop reason.
     Drops,
+    /// Time threads spent blocked, by the stack they blocked at.
+    OffCpu,
 }
 
 impl Event {
-    pub const ALL: [Event; 7] = [
+    pub const ALL: [Event; 8] = [
         Event::Cpu,
         Event::TxBytes,
         Event::RxBytes,
@@ -31,6 +33,7 @@ impl Event {
         Event::Resets,
         Event::ConnectLatency,
         Event::Drops,
+        Event::OffCpu,
     ];
 
     /// The name users give (`--event tx-bytes`) and files carry.
@@ -43,6 +46,7 @@ impl Event {
             Event::Resets => "resets",
             Event::ConnectLatency => "connect-latency",
             Event::Drops => "drops",
+            Event::OffCpu => "off-cpu",
         }
     }
 
@@ -57,6 +61,7 @@ impl Event {
             Event::Resets => ("resets", "count"),
             Event::ConnectLatency => ("connect_latency", "nanoseconds"),
             Event::Drops => ("drops", "count"),
+            Event::OffCpu => ("off_cpu", "nanoseconds"),
         }
     }
 
@@ -67,12 +72,14 @@ impl Event {
             Event::TxBytes | Event::RxBytes => "bytes",
             Event::Retransmits => "segments",
             Event::Resets => "resets",
-            Event::ConnectLatency => "ns",
+            Event::ConnectLatency | Event::OffCpu => "ns",
             Event::Drops => "packets",
         }
     }
 
-    pub fn is_network(self) -> bool {
+    /// Written by the event programs to the event ring (every event but
+    /// CPU samples, which have a ring of their own).
+    pub fn is_ring_event(self) -> bool {
         self != Event::Cpu
     }
 
@@ -86,6 +93,7 @@ impl Event {
             Event::Resets => "network_resets",
             Event::ConnectLatency => "network_connect_latency",
             Event::Drops => "network_drops",
+            Event::OffCpu => "off_cpu",
         }
     }
 }

@@ -70,7 +70,19 @@ impl Pipeline {
             return;
         };
         match NetRecord::decode(record) {
-            Ok(event) => network.add(&event, record, &mut self.processes),
+            Ok(event) => {
+                let header = &event.sample.header;
+                if header.flags & SAMPLE_NEEDS_TABLES != 0
+                    && self.unwind_requests.len() < MAX_UNWIND_REQUESTS
+                {
+                    self.unwind_requests.insert(ProcessKey {
+                        tgid: header.tgid,
+                        exec_id: header.exec_id,
+                        start_ns: header.process_start_ns,
+                    });
+                }
+                network.add(&event, record, &mut self.processes);
+            }
             Err(err) => {
                 self.malformed += 1;
                 tracing::debug!(%err, "malformed network record");

@@ -117,6 +117,11 @@ metric_table! {
     network_events_lost: Reasons = "hearth_network_events_lost",
         "Network events lost (ring_full: the ring was full; connect_unmatched: \
          a connect's start was not kept, so it has no latency)";
+    off_cpu_blocks: Reasons = "hearth_off_cpu_blocks",
+        "Blocks of threads in scope seen by the off-CPU program, by what became of them \
+         (sampled_out: left out by off_cpu.probability; short: under off_cpu.min_block; \
+         map_full: off_cpu.max_blocked_threads threads were blocked already; the rest were \
+         timed)";
     malformed_records: Counter = "hearth_malformed_records",
         "Ring records that could not be decoded";
     windows: Counter = "hearth_export_windows", "Export intervals completed";
@@ -312,6 +317,18 @@ impl Telemetry {
             &[
                 ("ring_full", k.ring_full),
                 ("connect_unmatched", stats.pending_connects_dropped),
+            ],
+        );
+        let timed = k
+            .off_cpu_blocks
+            .saturating_sub(k.off_cpu_sampled_out + k.off_cpu_short + k.off_cpu_pending_full);
+        advance_reasons(
+            &self.m.off_cpu_blocks,
+            &[
+                ("timed", timed),
+                ("sampled_out", k.off_cpu_sampled_out),
+                ("short", k.off_cpu_short),
+                ("map_full", k.off_cpu_pending_full),
             ],
         );
     }

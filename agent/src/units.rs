@@ -1,4 +1,4 @@
-//! Sizes as people write them: `64MiB`, `512KiB`, `4096`.
+//! Sizes as people write them (`64MiB`, `512KiB`, `4096`), and probabilities.
 
 use std::{fmt, str::FromStr};
 
@@ -77,5 +77,67 @@ mod tests {
         assert_eq!(ByteSize(4 << 20).to_string(), "4MiB");
         assert_eq!(ByteSize(8 << 10).to_string(), "8KiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+}
+
+/// A probability above 0 and at most 1 (`0.25`, `1`).
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct Probability(pub f64);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not a probability; write a number above 0 and at most 1 (e.g. 0.1, or 1 for all)")]
+pub struct ProbabilityError(String);
+
+impl FromStr for Probability {
+    type Err = ProbabilityError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 1.0 => Ok(Probability(p)),
+            _ => Err(ProbabilityError(text.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Probability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl serde::Serialize for Probability {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Probability {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Number {
+            Float(f64),
+            Text(String),
+        }
+        let text = match Number::deserialize(deserializer)? {
+            Number::Float(p) => p.to_string(),
+            Number::Text(text) => text,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod probability_tests {
+    use super::*;
+
+    #[test]
+    fn probabilities_outside_zero_to_one_are_refused_with_what_to_write() {
+        assert_eq!("0.25".parse(), Ok(Probability(0.25)));
+        assert_eq!(" 1 ".parse(), Ok(Probability(1.0)));
+        for bad in ["0", "-0.5", "1.5", "half", "NaN", ""] {
+            let err = bad.parse::<Probability>().unwrap_err().to_string();
+            assert!(err.contains("above 0 and at most 1"), "{bad}: {err}");
+        }
     }
 }

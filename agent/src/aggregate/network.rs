@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use hearth_common::net::{NetEventKind, TCP_ESTABLISHED};
+use hearth_common::net::{NetEventInfo, NetEventKind, TCP_ESTABLISHED};
 use rustc_hash::FxHashMap;
 
 use crate::{
@@ -23,6 +23,19 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 pub const DEFAULT_SOCKET_OWNERS: u32 = 65536;
 /// Default threads' call sites remembered (`network.call_sites`).
 pub const DEFAULT_CALL_SITES: u32 = 16384;
+/// Default shortest block recorded off-CPU (`off_cpu.min_block`): 1 ms.
+/// Blocks shorter than that are by far the most frequent (lock and pipe
+/// handoffs, futex wakeups between busy threads) yet add up to little of
+/// what a request waits for; waits on disks, peers and timers last longer.
+pub const DEFAULT_OFF_CPU_MIN_NS: u64 = 1_000_000;
+/// Default chance a block is recorded (`off_cpu.probability`): every
+/// block. A thread that blocks again where it blocked last costs no
+/// stack walk, so even a context-switch storm stays cheap (see
+/// docs/benchmarks.md); lower it on nodes that switch more still.
+pub const DEFAULT_OFF_CPU_PROBABILITY: f64 = 1.0;
+/// Default threads that can be blocked at once and still be timed
+/// (`off_cpu.max_blocked_threads`): 32 bytes each in the kernel.
+pub const DEFAULT_MAX_BLOCKED_THREADS: u32 = 65536;
 /// Default connects waiting for their handshake to end (`network.max_pending_connects`).
 pub const DEFAULT_PENDING_CONNECTS: usize = 4096;
 
@@ -38,6 +51,7 @@ pub fn kernel_kinds(events: &[Event]) -> Vec<NetEventKind> {
             Event::Resets => &[NetEventKind::ResetSent, NetEventKind::ResetReceived],
             Event::ConnectLatency => &[NetEventKind::ConnectStart, NetEventKind::ConnectEnd],
             Event::Drops => &[NetEventKind::Drop],
+            Event::OffCpu => &[NetEventKind::OffCpu],
         });
     }
     kinds
@@ -85,6 +99,8 @@ pub struct NetAggregator {
     generation: u64,
     generation_published: u64,
     reasons: ReasonNames,
+    /// Off-CPU time recorded is multiplied by this: 1 / the sampling probability.
+    off_cpu_scale: f64,
     stats: NetStats,
 }
 
@@ -102,7 +118,7 @@ impl NetAggregator {
         Self {
             tables: events
                 .iter()
-                .filter(|e| e.is_network())
+                .filter(|e| e.is_ring_event())
                 .map(|&e| (e, StackTable::new()))
                 .collect(),
             pending: FxHashMap::default(),
@@ -112,8 +128,18 @@ impl NetAggregator {
             generation: 0,
             generation_published: 0,
             reasons,
+            off_cpu_scale: 1.0,
             stats: NetStats::default(),
         }
+    }
+
+    /// Off-CPU blocks are sampled with `probability`: each recorded block
+    /// stands for 1/probability blocks like it.
+    pub fn with_off_cpu_probability(mut self, probability: f64) -> Self {
+        if probability > 0.0 && probability <= 1.0 {
+            self.off_cpu_scale = 1.0 / probability;
+        }
+        self
     }
 
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
@@ -149,7 +175,10 @@ impl NetAggregator {
     }
 
     pub fn add(&mut self, record: &NetRecord<'_>, bytes: &[u8], processes: &mut ProcessTable) {
-        if matches!(record.kind, NetEventKind::Send | NetEventKind::Receive) {
+        if matches!(
+            record.kind,
+            NetEventKind::Send | NetEventKind::Receive | NetEventKind::OffCpu
+        ) {
             let key = (record.sample.header.tid, record.kind as u16);
             if record.same_stack() {
                 if let Some(walked) = self.last_walked.get(&key) {
@@ -160,11 +189,17 @@ impl NetAggregator {
                         kind: record.kind,
                         sample: stack.sample,
                     };
-                    Self::add_to_table(&mut self.tables, &self.reasons, &merged, processes);
+                    Self::add_scaled(
+                        &mut self.tables,
+                        &self.reasons,
+                        self.off_cpu_scale,
+                        &merged,
+                        processes,
+                    );
                     return;
                 }
                 self.stats.stacks_forgotten += 1;
-            } else if record.sample.header.user_frames > 0 {
+            } else if record.sample.header.user_frames > 0 || record.kind == NetEventKind::OffCpu {
                 if self.last_walked.len() >= self.max_last_walked
                     && !self.last_walked.contains_key(&key)
                 {
@@ -184,7 +219,39 @@ impl NetAggregator {
             self.connect_ended(record, processes);
             return;
         }
-        Self::add_to_table(&mut self.tables, &self.reasons, record, processes);
+        if record.kind == NetEventKind::OffCpu && record.info.value == 0 {
+            return; // a stack, written as its thread blocked; the time follows
+        }
+        Self::add_scaled(
+            &mut self.tables,
+            &self.reasons,
+            self.off_cpu_scale,
+            record,
+            processes,
+        );
+    }
+
+    /// Adds the record, its off-CPU time scaled up for the blocks sampled out.
+    fn add_scaled(
+        tables: &mut BTreeMap<Event, StackTable>,
+        reasons: &ReasonNames,
+        off_cpu_scale: f64,
+        record: &NetRecord<'_>,
+        processes: &mut ProcessTable,
+    ) {
+        if record.kind == NetEventKind::OffCpu && off_cpu_scale != 1.0 {
+            let scaled = NetRecord {
+                info: NetEventInfo {
+                    value: (record.info.value as f64 * off_cpu_scale).round() as u64,
+                    ..record.info
+                },
+                kind: record.kind,
+                sample: record.sample.clone(),
+            };
+            Self::add_to_table(tables, reasons, &scaled, processes);
+            return;
+        }
+        Self::add_to_table(tables, reasons, record, processes);
     }
 
     fn add_to_table(
@@ -199,6 +266,7 @@ impl NetAggregator {
             NetEventKind::Retransmit => Event::Retransmits,
             NetEventKind::ResetSent | NetEventKind::ResetReceived => Event::Resets,
             NetEventKind::Drop => Event::Drops,
+            NetEventKind::OffCpu => Event::OffCpu,
             NetEventKind::ConnectStart | NetEventKind::ConnectEnd => return,
         };
         let Some(table) = tables.get_mut(&event) else {

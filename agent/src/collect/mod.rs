@@ -66,7 +66,8 @@ impl Collector {
                 settings.pending_connects,
                 settings.call_sites,
                 probes.kernel().reasons.clone(),
-            ));
+            )
+            .with_off_cpu_probability(settings.off_cpu_probability()));
         }
         Ok(Self {
             unwinder,

@@ -4,7 +4,7 @@
 use crate::{
     aggregate::network,
     collect::probes::{
-        FrequencyError, NetSettings, ProbeSettings, UnwindCapacity, check_frequency,
+        FrequencyError, NetSettings, OffCpuSettings, ProbeSettings, UnwindCapacity, check_frequency,
         online_cpu_count,
     },
     config::Config,
@@ -41,6 +41,17 @@ pub struct SymbolizerSettings {
     pub max_section_bytes: u64,
 }
 
+impl CollectorSettings {
+    /// The chance an off-CPU block is recorded (1 when off-CPU is off).
+    pub fn off_cpu_probability(&self) -> f64 {
+        self.probes
+            .network
+            .as_ref()
+            .and_then(|n| n.off_cpu)
+            .map_or(1.0, |o| o.probability)
+    }
+}
+
 impl Default for SymbolizerSettings {
     fn default() -> Self {
         Self {
@@ -58,13 +69,16 @@ pub enum SettingsError {
     Frequency(#[from] FrequencyError),
 }
 
-/// The kernel side of network `events`: None when none is wanted.
+/// The kernel side of the ring `events` (network, off-CPU): None when
+/// none is wanted. Off-CPU time and socket events share the event ring
+/// and the call-site cache.
 pub fn network_probes(
     events: &[Event],
     ring_buffer_bytes: u32,
     socket_owners: u32,
     user_stacks: bool,
     call_sites: u32,
+    off_cpu: OffCpuSettings,
 ) -> Option<NetSettings> {
     (!events.is_empty()).then(|| NetSettings {
         emit: network::kernel_kinds(events),
@@ -72,6 +86,7 @@ pub fn network_probes(
         socket_owners,
         user_stacks,
         call_sites,
+        off_cpu: events.contains(&Event::OffCpu).then_some(off_cpu),
     })
 }
 
@@ -84,7 +99,7 @@ impl TryFrom<&Config> for CollectorSettings {
             .events
             .iter()
             .copied()
-            .filter(|e| e.is_network())
+            .filter(|e| e.is_ring_event())
             .collect();
         let net = &config.network;
         let probes = ProbeSettings {
@@ -95,6 +110,7 @@ impl TryFrom<&Config> for CollectorSettings {
                 net.socket_owners,
                 net.user_stacks,
                 net.call_sites,
+                config.off_cpu.settings(),
             ),
             cgroup_capacity: config.scope.is_scoped().then_some(config.scope.max_cgroups),
             ignore_own_process: true,

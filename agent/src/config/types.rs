@@ -6,7 +6,12 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 
-use crate::{aggregate::network, collect::probes::RingBufferSize, event::Event, units::ByteSize};
+use crate::{
+    aggregate::network,
+    collect::probes::{OffCpuSettings, RingBufferSize},
+    event::Event,
+    units::{ByteSize, Probability},
+};
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,10 +28,12 @@ pub struct Config {
     /// Collect kernel stacks as well as user stacks.
     pub kernel_stacks: bool,
     /// Profiles built every interval: cpu, tx-bytes, rx-bytes, retransmits,
-    /// resets, connect-latency, drops. A list, or names separated by commas.
+    /// resets, connect-latency, drops, off-cpu. A list, or names separated
+    /// by commas.
     #[serde(deserialize_with = "list")]
     pub events: Vec<Event>,
     pub network: NetworkConfig,
+    pub off_cpu: OffCpuConfig,
     pub unwind: UnwindConfig,
     pub limits: Limits,
     pub symbolize: SymbolizeConfig,
@@ -61,6 +68,7 @@ impl Default for Config {
             kernel_stacks: true,
             events: vec![Event::Cpu],
             network: NetworkConfig::default(),
+            off_cpu: OffCpuConfig::default(),
             unwind: UnwindConfig::default(),
             limits: Limits::default(),
             symbolize: SymbolizeConfig::default(),
@@ -135,6 +143,44 @@ impl Default for NetworkConfig {
             max_pending_connects: network::DEFAULT_PENDING_CONNECTS,
             user_stacks: true,
             call_sites: network::DEFAULT_CALL_SITES,
+        }
+    }
+}
+
+/// Off-CPU time (when `off-cpu` is in `events`): how long threads block,
+/// by the stack they block at.
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffCpuConfig {
+    /// Shortest block recorded; shorter ones are only counted
+    /// (`hearth_off_cpu_blocks_total{reason="short"}`).
+    #[serde(with = "duration")]
+    pub min_block: Duration,
+    /// Chance that a block is recorded, above 0 and at most 1; the time
+    /// recorded is scaled by 1/probability, and the profile says so.
+    pub probability: Probability,
+    /// Threads that can be blocked at once and still be timed (32 bytes
+    /// each in the kernel); blocks beyond are counted, not timed.
+    pub max_blocked_threads: u32,
+}
+
+impl Default for OffCpuConfig {
+    fn default() -> Self {
+        Self {
+            min_block: Duration::from_nanos(network::DEFAULT_OFF_CPU_MIN_NS),
+            probability: Probability(network::DEFAULT_OFF_CPU_PROBABILITY),
+            max_blocked_threads: network::DEFAULT_MAX_BLOCKED_THREADS,
+        }
+    }
+}
+
+impl OffCpuConfig {
+    /// The kernel side of these settings.
+    pub fn settings(&self) -> OffCpuSettings {
+        OffCpuSettings {
+            min_block_ns: self.min_block.as_nanos().min(u128::from(u64::MAX)) as u64,
+            probability: self.probability.0,
+            max_blocked_threads: self.max_blocked_threads,
         }
     }
 }

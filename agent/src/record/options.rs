@@ -5,7 +5,9 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use crate::{
     aggregate::network,
     cli::RecordArgs,
-    collect::probes::{ProbeSettings, RingBufferSize, UnwindCapacity, online_cpu_count},
+    collect::probes::{
+        OffCpuSettings, ProbeSettings, RingBufferSize, UnwindCapacity, online_cpu_count,
+    },
     collect::{CollectorSettings, SymbolizerSettings, network_probes},
     deliver::{OutputFormat, UnknownFormat},
     enrich::process::ProcessLimits,
@@ -34,6 +36,8 @@ pub struct RecordOptions {
     pub max_traced_processes: u32,
     pub process_limits: ProcessLimits,
     pub unwind: crate::config::UnwindMethod,
+    /// Which blocks off-CPU profiles record.
+    pub off_cpu: OffCpuSettings,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -108,6 +112,11 @@ impl TryFrom<RecordArgs> for RecordOptions {
                 ..ProcessLimits::default()
             },
             unwind: args.unwind,
+            off_cpu: OffCpuSettings {
+                min_block_ns: args.off_cpu_min.as_nanos().min(u128::from(u64::MAX)) as u64,
+                probability: args.off_cpu_probability.0,
+                max_blocked_threads: network::DEFAULT_MAX_BLOCKED_THREADS,
+            },
         })
     }
 }
@@ -143,7 +152,7 @@ impl RecordOptions {
         self.events
             .iter()
             .copied()
-            .filter(|e| e.is_network())
+            .filter(|e| e.is_ring_event())
             .collect()
     }
 }
@@ -157,6 +166,7 @@ impl From<&RecordOptions> for CollectorSettings {
             network::DEFAULT_SOCKET_OWNERS,
             true,
             network::DEFAULT_CALL_SITES,
+            options.off_cpu,
         );
         let probes = ProbeSettings {
             cpu: options.samples_cpu(),

@@ -190,4 +190,6 @@ mod user {
     unsafe impl aya::Pod for super::unwind::UnwindRow {}
     unsafe impl aya::Pod for super::unwind::ProcessUnwind {}
     unsafe impl aya::Pod for super::net::SocketOwner {}
+    unsafe impl aya::Pod for super::net::OffCpuConfig {}
+    unsafe impl aya::Pod for super::net::BlockedThread {}
 }

@@ -23,10 +23,15 @@ pub enum NetEventKind {
     ConnectEnd = 7,
     /// A packet dropped (`detail` = `enum skb_drop_reason`).
     Drop = 8,
+    /// A thread blocked off the CPU (`value` = nanoseconds, 0 for the
+    /// record that carries the stack it blocked at, written as it switched
+    /// out; the record of the time, written as it switches back in, reuses
+    /// that stack: [`FLAG_SAME_STACK`]).
+    OffCpu = 9,
 }
 
 impl NetEventKind {
-    pub const ALL: [NetEventKind; 8] = [
+    pub const ALL: [NetEventKind; 9] = [
         NetEventKind::Send,
         NetEventKind::Receive,
         NetEventKind::Retransmit,
@@ -35,6 +40,7 @@ impl NetEventKind {
         NetEventKind::ConnectStart,
         NetEventKind::ConnectEnd,
         NetEventKind::Drop,
+        NetEventKind::OffCpu,
     ];
 
     pub fn from_u16(value: u16) -> Option<Self> {
@@ -206,14 +212,57 @@ pub enum NetCounter {
     OwnerUnknown = 2,
     /// A kernel read failed (the event is kept with what was read).
     ReadError = 3,
+    /// Threads of the scope that blocked (switched out not runnable).
+    OffCpuBlocks = 4,
+    /// Blocks left out by the sampling probability.
+    OffCpuSampledOut = 5,
+    /// Sampled blocks shorter than the minimum block time.
+    OffCpuShort = 6,
+    /// Sampled blocks lost because the map of blocked threads was full.
+    OffCpuPendingFull = 7,
 }
 
 impl NetCounter {
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 8;
     pub const ALL: [NetCounter; Self::COUNT as usize] = [
         NetCounter::Events,
         NetCounter::RingFull,
         NetCounter::OwnerUnknown,
         NetCounter::ReadError,
+        NetCounter::OffCpuBlocks,
+        NetCounter::OffCpuSampledOut,
+        NetCounter::OffCpuShort,
+        NetCounter::OffCpuPendingFull,
     ];
 }
+
+/// Load-time settings of the off-CPU program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuConfig {
+    /// Blocks shorter than this are counted, not recorded.
+    pub min_ns: u64,
+    /// A block is sampled when `bpf_get_prandom_u32() < threshold`:
+    /// the probability times 2^32 (2^32: every block).
+    pub threshold: u64,
+    /// `task_struct.__state` (`state` before 5.14): 0 while runnable.
+    pub task_state: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<OffCpuConfig>() == 24);
+
+/// `OffCpuConfig::threshold` that samples every block.
+pub const OFF_CPU_ALWAYS: u64 = 1 << 32;
+
+/// A thread blocked, by tid, until it switches back in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockedThread {
+    /// `bpf_ktime_get_ns()` when it switched out.
+    pub since_ns: u64,
+    pub process_start_ns: u64,
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub exec_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<BlockedThread>() == 32);

@@ -133,7 +133,8 @@ pub struct ProcessUnwind {
 }
 const _: () = assert!(core::mem::size_of::<ProcessUnwind>() == 16 + 32 * MAX_UNWIND_MAPPINGS);
 
-/// The walk's registers between tail calls, per CPU.
+/// The walk's registers between tail calls, per CPU and per walker
+/// ([`WALK_CPU`], [`WALK_TASK_EVENT`], [`WALK_OFF_CPU`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnwindState {
@@ -144,7 +145,21 @@ pub struct UnwindState {
     pub frames: u32,
     /// Tail calls made so far.
     pub tail_calls: u32,
+    /// The per-CPU scratch slot holding the record being walked.
+    pub record_slot: u32,
+    pub _pad: u32,
 }
+const _: () = assert!(core::mem::size_of::<UnwindState>() == 40);
+
+/// Slots of the per-CPU walk state, one per context a walk can run in, so
+/// that a walk interrupted on its CPU (a CPU sample's NMI during a socket
+/// event's walk) is not overwritten: the CPU sampler (perf event, NMI).
+pub const WALK_CPU: u32 = 0;
+/// Sends, receives and connects (in the calling task).
+pub const WALK_TASK_EVENT: u32 = 1;
+/// Off-CPU events (the scheduler, interrupts off).
+pub const WALK_OFF_CPU: u32 = 2;
+pub const WALK_SLOTS: u32 = 3;
 
 /// Frames one program invocation walks before tail-calling the next
 /// (more per invocation would exceed what the verifier explores).

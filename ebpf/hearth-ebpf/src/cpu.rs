@@ -16,13 +16,13 @@ use aya_ebpf::{
 use hearth_common::{
     Counter, CpuSample, MAX_STACK_DEPTH, SAMPLE_NEEDS_TABLES, SamplerConfig, TaskOffsets,
     UserRegsLayout, record_size,
-    unwind::{UnwindMode, UnwindOutcome},
+    unwind::{UnwindMode, UnwindOutcome, WALK_CPU},
 };
 
 use crate::{
     ring::wakeup_flags,
     task::{process_identity, read_field, user_registers},
-    unwind::{process_tables, start_walk},
+    unwind::{UNWIND_PROGRAMS, process_tables, start_walk},
 };
 
 const NO_OFFSETS: TaskOffsets = TaskOffsets {
@@ -167,7 +167,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
             }
             if known || config.unwind_mode == UnwindMode::Dwarf as u8 {
                 if let Some((ip, sp, bp)) = user_registers(&config) {
-                    start_walk(ctx, ip, sp, bp, kernel as u32);
+                    start_walk(ctx, &UNWIND_PROGRAMS, WALK_CPU, 0, ip, sp, bp, kernel as u32);
                 } else {
                     // A kernel thread: no user stack to walk.
                     submit(sample, kernel, 0);

@@ -6,7 +6,9 @@
 #![no_main]
 
 mod cpu;
+mod events;
 mod net;
+mod offcpu;
 mod ring;
 mod task;
 mod unwind;

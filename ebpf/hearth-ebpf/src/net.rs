@@ -13,23 +13,28 @@ use aya_ebpf::{
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
     },
     macros::{fexit, map, raw_tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::{FExitContext, RawTracePointContext},
 };
 use hearth_common::{
-    MAX_STACK_DEPTH, SampleHeader,
+    MAX_STACK_DEPTH, SAMPLE_NEEDS_TABLES, SampleHeader,
     net::{
         AF_INET, AF_INET6, CallSite, FLAG_FROM_OWNER, FLAG_SAME_STACK, NET_INFO_BYTES, NetConfig,
         NetCounter, NetEvent, NetEventKind, SockOffsets, SocketOwner, TCP_CLOSE, TCP_ESTABLISHED,
         TCP_SYN_SENT, hooks,
     },
     record_size,
+    unwind::{UnwindMode, UnwindOutcome, WALK_TASK_EVENT},
 };
 
 use crate::{
     cpu::{SAMPLER_CONFIG, cgroup_allowed, is_traced},
+    events::{
+        RAW_UNWIND, RECV_INET_UNWIND, RECV_INET6_UNWIND, SEND_INET_UNWIND, SEND_INET6_UNWIND,
+    },
     ring::wakeup_flags,
     task::{process_identity, read_field, user_registers},
+    unwind::{process_tables, start_walk},
 };
 
 const NO_SOCK_OFFSETS: SockOffsets = SockOffsets {
@@ -47,7 +52,7 @@ const NO_SOCK_OFFSETS: SockOffsets = SockOffsets {
 
 /// Set by the agent at load time.
 #[unsafe(no_mangle)]
-static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
+pub(crate) static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
     sock: NO_SOCK_OFFSETS,
     emit: 0,
     user_stacks: 0,
@@ -79,7 +84,7 @@ static SOCKET_OWNERS: LruHashMap<u64, SocketOwner> = LruHashMap::with_max_entrie
 /// A thread's last walked call site per kind (key: tid << 32 | kind): a
 /// call from the same site reuses that stack instead of walking it again.
 #[map]
-static CALL_SITES: LruHashMap<u64, CallSite> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static CALL_SITES: LruHashMap<u64, CallSite> = LruHashMap::with_max_entries(16384, 0);
 
 /// The agent's stack-cache generation: bumped when it forgets the stacks
 /// `CALL_SITES` points at, so every thread walks afresh.
@@ -92,7 +97,7 @@ static NET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NetCounter
 /// One scratch event per program: a softirq program can interrupt a task
 /// program on the same CPU, and each needs its own.
 #[map]
-static NET_SCRATCH: PerCpuArray<NetEvent> = PerCpuArray::with_max_entries(SLOTS, 0);
+pub(crate) static NET_SCRATCH: PerCpuArray<NetEvent> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 const SLOT_SEND: u32 = 0;
 const SLOT_RECV: u32 = 1;
@@ -101,19 +106,23 @@ const SLOT_SEND_RESET: u32 = 3;
 const SLOT_RECEIVE_RESET: u32 = 4;
 const SLOT_STATE: u32 = 5;
 const SLOT_DROP: u32 = 6;
-const SLOTS: u32 = 7;
+/// The off-CPU program's two records: the stack as a thread switches out,
+/// the time as another switches in.
+pub(crate) const SLOT_OFF_CPU_OUT: u32 = 7;
+pub(crate) const SLOT_OFF_CPU_IN: u32 = 8;
+const SLOTS: u32 = 9;
 
 /// `MSG_PEEK`: the bytes stay in the socket and will be read again.
 const MSG_PEEK: u32 = 2;
 
-const STACK_BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
+pub(crate) const STACK_BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
 
 /// A raw tracepoint's kernel stack starts in this program and in
 /// `bpf_trace_run<N>`; the traced function is the third frame.
-const SKIP_TRACING_FRAMES: u64 = 2;
+pub(crate) const SKIP_TRACING_FRAMES: u64 = 2;
 
 #[inline(always)]
-fn count(counter: NetCounter) {
+pub(crate) fn count(counter: NetCounter) {
     if let Some(slot) = NET_COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot; programs do not nest on one slot.
         unsafe { *slot += 1 };
@@ -165,7 +174,7 @@ fn read_endpoints(sk: *const u8, event: &mut NetEvent) -> bool {
 }
 
 #[inline(always)]
-fn scratch(slot: u32) -> Option<&'static mut NetEvent> {
+pub(crate) fn scratch(slot: u32) -> Option<&'static mut NetEvent> {
     // SAFETY: each program has its own slot and programs do not nest with
     // themselves, so nothing else holds this reference.
     NET_SCRATCH
@@ -173,14 +182,15 @@ fn scratch(slot: u32) -> Option<&'static mut NetEvent> {
         .map(|event| unsafe { &mut *event })
 }
 
-/// Copies the used part of `event`, with its `frames` frames, to the ring.
+/// Copies the used part of `event`, with its `frames` frames (kernel and
+/// user), to the ring.
 /// `batch`: the agent need not read it at once (a send or receive whose
 /// stack it already has); anything else wakes it, so it can read the
 /// process's mappings while the process still lives.
 #[inline(always)]
-fn submit(event: &NetEvent, frames: usize, batch: bool) -> bool {
+pub(crate) fn submit(event: &NetEvent, frames: usize, batch: bool) -> bool {
     // The verifier needs the length bounded right here.
-    if frames > MAX_STACK_DEPTH {
+    if frames > 2 * MAX_STACK_DEPTH {
         return false;
     }
     // SAFETY: the slice covers the info, the header and `frames` frames,
@@ -209,7 +219,7 @@ fn submit(event: &NetEvent, frames: usize, batch: bool) -> bool {
 /// Where the current thread entered the kernel: the socket and its saved
 /// user registers.
 #[inline(always)]
-fn call_site(sk: *const u8) -> Option<CallSite> {
+pub(crate) fn call_site(sk: *const u8) -> Option<CallSite> {
     let (ip, sp, bp) = user_registers(&SAMPLER_CONFIG.load())?;
     Some(CallSite {
         socket: sk as u64,
@@ -224,7 +234,14 @@ fn call_site(sk: *const u8) -> Option<CallSite> {
 /// the socket's owner, and writes the event with the task's user stack
 /// when `kind` is wanted.
 #[inline(always)]
-fn task_event<C: EbpfContext>(ctx: &C, slot: u32, kind: NetEventKind, sk: *const u8, value: u64) {
+fn task_event<C: EbpfContext>(
+    ctx: &C,
+    programs: &ProgramArray,
+    slot: u32,
+    kind: NetEventKind,
+    sk: *const u8,
+    value: u64,
+) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let config = SAMPLER_CONFIG.load();
@@ -275,7 +292,6 @@ fn task_event<C: EbpfContext>(ctx: &C, slot: u32, kind: NetEventKind, sk: *const
         _pad: 0,
         comm,
     };
-    let mut frames = 0usize;
     let reusable = matches!(kind, NetEventKind::Send | NetEventKind::Receive);
     if NET_CONFIG.load().user_stacks == 0 {
         submit(event, 0, reusable);
@@ -283,9 +299,10 @@ fn task_event<C: EbpfContext>(ctx: &C, slot: u32, kind: NetEventKind, sk: *const
     }
     // Repeated calls from one place (a send loop) reuse the stack walked
     // the first time: the agent keeps it, keyed by thread and kind.
-    let site_key = u64::from(tid) << 32 | kind as u64;
-    let site = if reusable { call_site(sk) } else { None };
-    if let Some(site) = &site
+    let site_key = site_key(tid, kind);
+    let site = call_site(sk);
+    if reusable
+        && let Some(site) = &site
         && let Some(last) = CALL_SITES.get_ptr(site_key)
         // SAFETY: a map value, compared in place.
         && unsafe { *last } == *site
@@ -294,28 +311,94 @@ fn task_event<C: EbpfContext>(ctx: &C, slot: u32, kind: NetEventKind, sk: *const
         submit(event, 0, true);
         return;
     }
-    // SAFETY: the stack is written into `frames`, which holds MAX_STACK_DEPTH.
+    let key = reusable.then_some(site_key);
+    let mut cacheable = false;
+    if let Some(site) = &site {
+        cacheable = walk_with_tables(ctx, programs, WALK_TASK_EVENT, slot, event, site, key);
+    }
+    let frames = user_stack(ctx, event, 0);
+    if submit(event, frames, false)
+        && frames > 0
+        && cacheable
+        && let (Some(key), Some(site)) = (key, site)
+    {
+        let _ = CALL_SITES.insert(key, site, 0);
+    }
+}
+
+/// `CALL_SITES` key of a thread's last walked stack of `kind`.
+#[inline(always)]
+pub(crate) fn site_key(tid: u32, kind: NetEventKind) -> u64 {
+    u64::from(tid) << 32 | kind as u64
+}
+
+/// When the unwind mode and the process's tables call for it, starts the
+/// table walk of the user stack at `site` for `event`, in scratch slot
+/// `slot`: then this does not return (the unwinder writes the record).
+/// Otherwise, or if the tail call fails, returns for the frame-pointer
+/// walk, and whether its stack may be reused for later calls from the
+/// same site (only in frame-pointer mode: in the other modes a process
+/// without tables yet gets its stack walked again once it has them).
+/// A table walk's stack is reused: `cache_key`, when given, is set to
+/// `site` before the walk, and taken back if the record is lost.
+#[inline(always)]
+pub(crate) fn walk_with_tables<C: EbpfContext>(
+    ctx: &C,
+    programs: &ProgramArray,
+    walker: u32,
+    slot: u32,
+    event: &mut NetEvent,
+    site: &CallSite,
+    cache_key: Option<u64>,
+) -> bool {
+    let mode = SAMPLER_CONFIG.load().unwind_mode;
+    if mode == UnwindMode::FramePointers as u8 {
+        return true;
+    }
+    let header = &mut event.header;
+    let known = process_tables(header.tgid, header.process_start_ns, header.exec_id).is_some();
+    if !known {
+        header.flags |= SAMPLE_NEEDS_TABLES;
+    }
+    if known || mode == UnwindMode::Dwarf as u8 {
+        header.unwind = UnwindOutcome::FramePointers as u8;
+        let kernel = header.kernel_frames as u32;
+        let cache_key = cache_key.filter(|_| known);
+        if let Some(key) = cache_key {
+            let _ = CALL_SITES.insert(key, *site, 0);
+        }
+        start_walk(ctx, programs, walker, slot, site.ip, site.sp, site.bp, kernel);
+        if let Some(key) = cache_key {
+            let _ = CALL_SITES.remove(key); // the tail call failed
+        }
+    }
+    false
+}
+
+/// The kernel's frame-pointer walk of the user stack into `event`, after
+/// its `kernel` kernel frames; returns the frames in all.
+#[inline(always)]
+pub(crate) fn user_stack<C: EbpfContext>(ctx: &C, event: &mut NetEvent, kernel: usize) -> usize {
+    if kernel > MAX_STACK_DEPTH {
+        return 0;
+    }
+    // SAFETY: the stack is written into `frames` after the kernel frames,
+    // where MAX_STACK_DEPTH more fit.
     let ret = unsafe {
         bpf_get_stack(
             ctx.as_ptr(),
-            event.frames.as_mut_ptr().cast(),
+            event.frames.as_mut_ptr().add(kernel).cast(),
             STACK_BYTES,
             BPF_F_USER_STACK as u64,
         )
     };
-    if ret > 0 {
-        frames = ret as usize / 8;
+    let user = if ret > 0 { ret as usize / 8 } else { 0 };
+    if user > MAX_STACK_DEPTH {
+        return kernel;
     }
-    if frames > MAX_STACK_DEPTH {
-        return;
-    }
-    event.header.user_frames = frames as u16;
-    if submit(event, frames, false)
-        && frames > 0
-        && let Some(site) = site
-    {
-        let _ = CALL_SITES.insert(site_key, site, 0);
-    }
+    event.header.kernel_frames = kernel as u16;
+    event.header.user_frames = user as u16;
+    kernel + user
 }
 
 /// Records `tgid` as the socket's owner unless it already is.
@@ -437,14 +520,14 @@ fn owner_event<C: EbpfContext>(
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn net_send(ctx: RawTracePointContext) -> i32 {
-    sent(&ctx, ctx.arg(0), ctx.arg(1));
+    sent(&ctx, &RAW_UNWIND, ctx.arg(0), ctx.arg(1));
     0
 }
 
 /// `sock_recv_length(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn net_recv(ctx: RawTracePointContext) -> i32 {
-    received(&ctx, ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    received(&ctx, &RAW_UNWIND, ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
@@ -456,28 +539,28 @@ pub fn net_recv(ctx: RawTracePointContext) -> i32 {
 /// `int inet_sendmsg(struct socket *sock, struct msghdr *msg, size_t size)`.
 #[fexit(function = "inet_sendmsg")]
 pub fn net_send_inet(ctx: FExitContext) -> i32 {
-    sent(&ctx, socket_sock(ctx.arg(0)), ctx.arg(3));
+    sent(&ctx, &SEND_INET_UNWIND, socket_sock(ctx.arg(0)), ctx.arg(3));
     0
 }
 
 /// `int inet6_sendmsg(struct socket *sock, struct msghdr *msg, size_t size)`.
 #[fexit(function = "inet6_sendmsg")]
 pub fn net_send_inet6(ctx: FExitContext) -> i32 {
-    sent(&ctx, socket_sock(ctx.arg(0)), ctx.arg(3));
+    sent(&ctx, &SEND_INET6_UNWIND, socket_sock(ctx.arg(0)), ctx.arg(3));
     0
 }
 
 /// `int inet_recvmsg(struct socket *sock, struct msghdr *msg, size_t size, int flags)`.
 #[fexit(function = "inet_recvmsg")]
 pub fn net_recv_inet(ctx: FExitContext) -> i32 {
-    received(&ctx, socket_sock(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
+    received(&ctx, &RECV_INET_UNWIND, socket_sock(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
     0
 }
 
 /// `int inet6_recvmsg(struct socket *sock, struct msghdr *msg, size_t size, int flags)`.
 #[fexit(function = "inet6_recvmsg")]
 pub fn net_recv_inet6(ctx: FExitContext) -> i32 {
-    received(&ctx, socket_sock(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
+    received(&ctx, &RECV_INET6_UNWIND, socket_sock(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
     0
 }
 
@@ -491,18 +574,24 @@ fn socket_sock(socket: *const u8) -> *const u8 {
 
 /// A send that returned `ret` (bytes, or a negative error).
 #[inline(always)]
-fn sent<C: EbpfContext>(ctx: &C, sk: *const u8, ret: i32) {
+fn sent<C: EbpfContext>(ctx: &C, programs: &ProgramArray, sk: *const u8, ret: i32) {
     if ret > 0 && !sk.is_null() {
-        task_event(ctx, SLOT_SEND, NetEventKind::Send, sk, ret as u64);
+        task_event(ctx, programs, SLOT_SEND, NetEventKind::Send, sk, ret as u64);
     }
 }
 
 /// A receive with `flags` that returned `ret`; peeked bytes stay in the
 /// socket and are counted when read.
 #[inline(always)]
-fn received<C: EbpfContext>(ctx: &C, sk: *const u8, ret: i32, flags: u32) {
+fn received<C: EbpfContext>(
+    ctx: &C,
+    programs: &ProgramArray,
+    sk: *const u8,
+    ret: i32,
+    flags: u32,
+) {
     if ret > 0 && flags & MSG_PEEK == 0 && !sk.is_null() {
-        task_event(ctx, SLOT_RECV, NetEventKind::Receive, sk, ret as u64);
+        task_event(ctx, programs, SLOT_RECV, NetEventKind::Receive, sk, ret as u64);
     }
 }
 
@@ -579,7 +668,14 @@ pub fn net_state(ctx: RawTracePointContext) -> i32 {
     let old: u32 = ctx.arg(1);
     let new: u32 = ctx.arg(2);
     if new == TCP_SYN_SENT {
-        task_event(&ctx, SLOT_STATE, NetEventKind::ConnectStart, sk, 1);
+        task_event(
+            &ctx,
+            &RAW_UNWIND,
+            SLOT_STATE,
+            NetEventKind::ConnectStart,
+            sk,
+            1,
+        );
     } else if old == TCP_SYN_SENT && (new == TCP_ESTABLISHED || new == TCP_CLOSE) {
         owner_event(
             &ctx,

@@ -1,8 +1,11 @@
-//! The table-driven user-stack unwinder. `cpu_sample` sets the walk's
-//! registers in `UNWIND_STATE` and tail-calls `cpu_unwind`, which walks
-//! `UNWIND_FRAMES_PER_CALL` frames per invocation and tail-calls itself
-//! until the stack ends or `MAX_STACK_DEPTH` user frames are written;
-//! then it writes the sample to the ring.
+//! The table-driven user-stack unwinder, one walker for every program.
+//! A program sets the walk's registers in `UNWIND_STATE` and tail-calls an
+//! unwinder of its own program type (a tail call cannot change it):
+//! `cpu_unwind` here for CPU samples, the event unwinders in `events.rs`
+//! for socket and off-CPU events. Each walks `UNWIND_FRAMES_PER_CALL`
+//! frames per invocation and tail-calls itself until the stack ends or
+//! `MAX_STACK_DEPTH` user frames are written; then it writes the record to
+//! its ring.
 //!
 //! Each frame: find the mapping holding the address in the process's
 //! `UNWIND_PROCESSES` entry, the row covering it in its shard of
@@ -12,6 +15,7 @@
 //! address the frame pointer is followed instead.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE},
     btf_maps,
     helpers::bpf_probe_read_user,
@@ -20,10 +24,11 @@ use aya_ebpf::{
     programs::PerfEventContext,
 };
 use hearth_common::{
-    Counter, MAX_STACK_DEPTH, SAMPLE_NEEDS_TABLES,
+    Counter, MAX_STACK_DEPTH, SAMPLE_NEEDS_TABLES, SampleHeader,
     unwind::{
         MAX_UNWIND_MAPPINGS, ProcessUnwind, UNWIND_FRAMES_PER_CALL, UNWIND_MAX_TAIL_CALLS,
         UNWIND_SHARD_STRIDE_LOG2, UnwindKind, UnwindMapping, UnwindOutcome, UnwindRow, UnwindState,
+        WALK_CPU, WALK_SLOTS,
     },
 };
 
@@ -49,7 +54,7 @@ pub(crate) static UNWIND_ROW_SHARDS: btf_maps::ArrayOfMaps<RowShard, 1> =
 pub(crate) static UNWIND_PROCESSES: HashMap<u32, ProcessUnwind> = HashMap::with_max_entries(1, 0);
 
 #[map]
-static UNWIND_STATE: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
+static UNWIND_STATE: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(WALK_SLOTS, 0);
 
 /// Slot 0: `cpu_unwind`, set by the agent.
 #[map]
@@ -78,14 +83,28 @@ pub(crate) fn process_tables(
     (entry.start_ns == start_ns && entry.exec_id == exec_id).then_some(entry)
 }
 
-/// Starts a table walk from the user registers: returns only if the tail
-/// call failed (the caller falls back to the frame-pointer walk).
+/// Starts a table walk from the user registers into walk-state slot
+/// `walker`, for the record in scratch slot `record_slot`, by tail-calling
+/// slot 0 of `programs` (an unwinder of the caller's program type).
+/// Returns only if the tail call failed: the caller falls back to the
+/// frame-pointer walk.
 #[inline(always)]
-pub(crate) fn start_walk(ctx: &PerfEventContext, ip: u64, sp: u64, bp: u64, kernel_frames: u32) {
-    let Some(state) = UNWIND_STATE.get_ptr_mut(0) else {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_walk<C: EbpfContext>(
+    ctx: &C,
+    programs: &ProgramArray,
+    walker: u32,
+    record_slot: u32,
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    kernel_frames: u32,
+) {
+    let Some(state) = UNWIND_STATE.get_ptr_mut(walker) else {
         return;
     };
-    // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+    // SAFETY: this CPU's slot of this walker; nothing else runs in its
+    // context on this CPU meanwhile.
     unsafe {
         *state = UnwindState {
             ip,
@@ -93,75 +112,107 @@ pub(crate) fn start_walk(ctx: &PerfEventContext, ip: u64, sp: u64, bp: u64, kern
             bp,
             frames: kernel_frames,
             tail_calls: 0,
+            record_slot,
+            _pad: 0,
         };
-        UNWIND_PROGRAMS.tail_call(ctx, 0);
+        programs.tail_call(ctx, 0);
     }
     count(Counter::UnwindTailCall);
 }
 
+/// This CPU's walk state of `walker`.
+#[inline(always)]
+pub(crate) fn walk_state(walker: u32) -> Option<&'static mut UnwindState> {
+    // SAFETY: per-CPU, per-walker slot: see `start_walk`.
+    UNWIND_STATE
+        .get_ptr_mut(walker)
+        .map(|state| unsafe { &mut *state })
+}
+
 #[perf_event]
 pub fn cpu_unwind(ctx: PerfEventContext) -> u32 {
-    try_unwind(&ctx);
+    let (Some(state), Some(sample)) = (walk_state(WALK_CPU), SCRATCH.get_ptr_mut(0)) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch sample, set up by `cpu_sample` just before
+    // the tail call.
+    unsafe {
+        if walk(
+            &ctx,
+            &UNWIND_PROGRAMS,
+            state,
+            &mut (*sample).header,
+            &mut (*sample).frames,
+        ) {
+            let kernel = (*sample).header.kernel_frames as u32;
+            submit(sample, kernel as usize, (state.frames - kernel) as usize);
+        }
+    }
     0
 }
 
+/// Walks the next frames of the stack in `state` into `frames` (after
+/// the header's kernel frames), then tail-calls slot 0 of `programs` (this
+/// program) to go on. Returns true once the walk has ended (`state.frames`
+/// frames in all, the outcome in `header.unwind` and counted), false if
+/// the record is to be dropped.
 #[inline(always)]
-fn try_unwind(ctx: &PerfEventContext) {
-    let (Some(state), Some(sample)) = (UNWIND_STATE.get_ptr_mut(0), SCRATCH.get_ptr_mut(0)) else {
-        return;
-    };
-    // SAFETY: both are this CPU's slots, set up by `cpu_sample` just before
-    // the tail call; frame writes are masked into `frames`.
-    unsafe {
-        let state = &mut *state;
-        let header = &mut (*sample).header;
-        let kernel = header.kernel_frames as u32;
-        let tables = process_tables(header.tgid, header.process_start_ns, header.exec_id);
-        let frames = &mut (*sample).frames;
-        let mut outcome = None;
-        for _ in 0..UNWIND_FRAMES_PER_CALL {
-            if state.frames >= kernel + MAX_STACK_DEPTH as u32 {
-                outcome = Some(UnwindOutcome::DepthLimit);
-                break;
-            }
-            let first = state.frames == kernel;
-            frames[(state.frames as usize) & (2 * MAX_STACK_DEPTH - 1)] = state.ip;
-            state.frames += 1;
-            if let Err(stop) = step(state, tables, first, &mut header.flags) {
-                outcome = Some(stop);
-                break;
-            }
-        }
-        // A failed tail call cuts the stack short like the depth limit,
-        // but is counted once, as itself.
-        let mut tail_call_failed = false;
-        let outcome = match outcome {
-            Some(outcome) => outcome,
-            None if state.tail_calls < UNWIND_MAX_TAIL_CALLS => {
-                state.tail_calls += 1;
-                UNWIND_PROGRAMS.tail_call(ctx, 0);
-                count(Counter::UnwindTailCall);
-                tail_call_failed = true;
-                UnwindOutcome::DepthLimit
-            }
-            None => UnwindOutcome::DepthLimit,
-        };
-        count(Counter::UnwindSamples);
-        let stop = match outcome {
-            _ if tail_call_failed => None,
-            UnwindOutcome::NoTable => Some(Counter::UnwindNoTable),
-            UnwindOutcome::BadCfa => Some(Counter::UnwindBadCfa),
-            UnwindOutcome::ReadError => Some(Counter::UnwindReadError),
-            UnwindOutcome::DepthLimit => Some(Counter::UnwindDepthLimit),
-            UnwindOutcome::Unsupported => Some(Counter::UnwindUnsupported),
-            UnwindOutcome::Complete | UnwindOutcome::FramePointers => None,
-        };
-        if let Some(stop) = stop {
-            count(stop);
-        }
-        header.unwind = outcome as u8;
-        submit(sample, kernel as usize, (state.frames - kernel) as usize);
+pub(crate) fn walk<C: EbpfContext>(
+    ctx: &C,
+    programs: &ProgramArray,
+    state: &mut UnwindState,
+    header: &mut SampleHeader,
+    frames: &mut [u64; 2 * MAX_STACK_DEPTH],
+) -> bool {
+    let kernel = header.kernel_frames as u32;
+    if kernel > MAX_STACK_DEPTH as u32 {
+        return false;
     }
+    let tables = process_tables(header.tgid, header.process_start_ns, header.exec_id);
+    let mut outcome = None;
+    for _ in 0..UNWIND_FRAMES_PER_CALL {
+        if state.frames >= kernel + MAX_STACK_DEPTH as u32 {
+            outcome = Some(UnwindOutcome::DepthLimit);
+            break;
+        }
+        let first = state.frames == kernel;
+        frames[(state.frames as usize) & (2 * MAX_STACK_DEPTH - 1)] = state.ip;
+        state.frames += 1;
+        if let Err(stop) = step(state, tables, first, &mut header.flags) {
+            outcome = Some(stop);
+            break;
+        }
+    }
+    // A failed tail call cuts the stack short like the depth limit,
+    // but is counted once, as itself.
+    let mut tail_call_failed = false;
+    let outcome = match outcome {
+        Some(outcome) => outcome,
+        None if state.tail_calls < UNWIND_MAX_TAIL_CALLS => {
+            state.tail_calls += 1;
+            // SAFETY: a tail call into this same program.
+            unsafe { programs.tail_call(ctx, 0) };
+            count(Counter::UnwindTailCall);
+            tail_call_failed = true;
+            UnwindOutcome::DepthLimit
+        }
+        None => UnwindOutcome::DepthLimit,
+    };
+    count(Counter::UnwindSamples);
+    let stop = match outcome {
+        _ if tail_call_failed => None,
+        UnwindOutcome::NoTable => Some(Counter::UnwindNoTable),
+        UnwindOutcome::BadCfa => Some(Counter::UnwindBadCfa),
+        UnwindOutcome::ReadError => Some(Counter::UnwindReadError),
+        UnwindOutcome::DepthLimit => Some(Counter::UnwindDepthLimit),
+        UnwindOutcome::Unsupported => Some(Counter::UnwindUnsupported),
+        UnwindOutcome::Complete | UnwindOutcome::FramePointers => None,
+    };
+    if let Some(stop) = stop {
+        count(stop);
+    }
+    header.unwind = outcome as u8;
+    true
 }
 
 /// Moves `state` from a frame to its caller. `first`: the innermost frame,

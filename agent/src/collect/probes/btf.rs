@@ -118,6 +118,13 @@ impl KernelBtf {
         Ok((task, regs))
     }
 
+    /// `task_struct.__state` (renamed from `state` in 5.14): 0 while the
+    /// task is runnable.
+    pub fn task_state_offset(&self) -> Result<u32, BtfError> {
+        self.member_offset("task_struct", "__state")
+            .or_else(|_| self.member_offset("task_struct", "state"))
+    }
+
     /// The `sock`, `socket`, `sk_buff` and `tcp_skb_cb` offsets the
     /// network programs need.
     pub fn sock_offsets(&self) -> Result<SockOffsets, BtfError> {

@@ -45,13 +45,52 @@ pub struct NetProgram {
 pub enum Hook {
     RawTracepoint(&'static str),
     Fexit(&'static str),
+    /// A BTF-typed tracepoint (`tp_btf`, Linux 5.5 and later).
+    BtfTracepoint(&'static str),
 }
+
+impl NetProgram {
+    /// What its records are, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            NetEventKind::Send => "send",
+            NetEventKind::Receive => "receive",
+            NetEventKind::ConnectStart | NetEventKind::ConnectEnd => "connect",
+            NetEventKind::OffCpu => "off-CPU",
+            _ => "network",
+        }
+    }
+
+    /// The table walker this program tail-calls for user stacks, and the
+    /// program array it is put in: one per kind of hook, as a tail call
+    /// cannot leave its program type (nor, for fexit and BTF tracepoints,
+    /// the hook's prototype). None for programs without user stacks.
+    pub fn unwinder(&self) -> Option<(&'static str, &'static str)> {
+        Some(match self.name {
+            "net_send" | "net_recv" | "net_state" => ("raw_unwind", "RAW_UNWIND"),
+            "net_send_inet" => ("send_inet_unwind", "SEND_INET_UNWIND"),
+            "net_send_inet6" => ("send_inet6_unwind", "SEND_INET6_UNWIND"),
+            "net_recv_inet" => ("recv_inet_unwind", "RECV_INET_UNWIND"),
+            "net_recv_inet6" => ("recv_inet6_unwind", "RECV_INET6_UNWIND"),
+            "off_cpu" => ("off_cpu_unwind", "OFF_CPU_UNWIND"),
+            _ => return None,
+        })
+    }
+}
+
+/// Off-CPU time: `sched_switch`, as a BTF tracepoint.
+const OFF_CPU_PROGRAM: NetProgram = program(
+    "off_cpu",
+    Hook::BtfTracepoint("sched_switch"),
+    NetEventKind::OffCpu,
+);
 
 impl std::fmt::Display for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::RawTracepoint(name) => write!(f, "tracepoint {name}"),
             Self::Fexit(name) => write!(f, "fexit {name}"),
+            Self::BtfTracepoint(name) => write!(f, "BTF tracepoint {name}"),
         }
     }
 }
@@ -115,6 +154,9 @@ pub struct KernelSupport {
     pub socket_hooks: SocketHooks,
     /// Tracepoints this kernel lacks, each with the program that needs it.
     pub missing_tracepoints: Vec<NetProgram>,
+    /// BTF tracepoints work: the kernel's BTF types `sched_switch`'s
+    /// tracepoint (5.5 and later attach BPF programs there).
+    pub btf_tracepoints: bool,
     /// Names of drop and reset reasons.
     pub reasons: ReasonNames,
 }
@@ -167,12 +209,14 @@ impl KernelSupport {
                 |p| matches!(p.hook, Hook::RawTracepoint(tp) if btf.tracepoint_args(tp).is_none()),
             )
             .collect();
+        let btf_tracepoints = btf.tracepoint_args("sched_switch").is_some();
         Ok(Self {
             release: kernel_release(),
             regs_stack_offset,
             net_hook_args,
             socket_hooks,
             missing_tracepoints,
+            btf_tracepoints,
             reasons: ReasonNames::from_btf(btf),
         })
     }
@@ -183,14 +227,27 @@ impl KernelSupport {
         &self,
         emit: &[NetEventKind],
     ) -> (Vec<NetProgram>, Vec<(NetEventKind, String)>) {
-        let wanted = |p: &NetProgram| p.always || emit.contains(&p.kind);
+        // Socket owners are learned whenever a socket event is wanted.
+        let sockets = emit.iter().any(|kind| *kind != NetEventKind::OffCpu);
+        let wanted = |p: &NetProgram| (p.always && sockets) || emit.contains(&p.kind);
         let mut programs: Vec<NetProgram> = self
             .socket_programs()
             .into_iter()
             .chain(OWNER_PROGRAMS)
+            .chain([OFF_CPU_PROGRAM])
             .filter(|p| wanted(p) && !self.missing_tracepoints.contains(p))
             .collect();
         let mut refused = Vec::new();
+        if emit.contains(&NetEventKind::OffCpu) && !self.btf_tracepoints {
+            refused.push((
+                NetEventKind::OffCpu,
+                format!(
+                    "this kernel ({}) cannot attach BPF programs to the sched_switch BTF \
+                     tracepoint (Linux 5.5 and later, with BTF)",
+                    self.release
+                ),
+            ));
+        }
         if self.socket_hooks == SocketHooks::None {
             for kind in [NetEventKind::Send, NetEventKind::Receive] {
                 refused.push((
@@ -340,9 +397,11 @@ mod tests {
                 "net_retransmit",
                 "net_send_reset",
                 "net_receive_reset",
-                "net_drop"
+                "net_drop",
+                "off_cpu"
             ]
         );
+        assert!(support.btf_tracepoints);
     }
 
     #[test]
@@ -350,6 +409,24 @@ mod tests {
         let (programs, _) = host().net_programs(&[NetEventKind::Drop]);
         let names: Vec<_> = programs.iter().map(|p| p.name).collect();
         assert_eq!(names, ["net_send", "net_recv", "net_state", "net_drop"]);
+    }
+
+    #[test]
+    fn off_cpu_alone_loads_no_socket_program_and_is_refused_by_name_without_btf_tracepoints() {
+        let (programs, refused) = host().net_programs(&[NetEventKind::OffCpu]);
+        let names: Vec<_> = programs.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["off_cpu"]);
+        assert!(refused.is_empty());
+        let support = KernelSupport {
+            btf_tracepoints: false,
+            ..host()
+        };
+        let (programs, refused) =
+            support.net_programs(&[NetEventKind::OffCpu, NetEventKind::Drop]);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, NetEventKind::OffCpu);
+        assert!(refused[0].1.contains("sched_switch"), "{}", refused[0].1);
+        assert!(programs.iter().any(|p| p.name == "net_drop"));
     }
 
     #[test]

@@ -14,8 +14,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        FExit, PerfEvent, ProgramError, RawTracePoint,
+        BtfTracePoint, FExit, PerfEvent, ProgramError, RawTracePoint,
         fexit::FExitLinkId,
+        tp_btf::BtfTracePointLinkId,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
@@ -25,7 +26,7 @@ use aya::{
 };
 use hearth_common::{
     Counter, SamplerConfig,
-    net::{NetConfig, NetCounter, NetEventKind},
+    net::{NetConfig, NetCounter, NetEventKind, OffCpuConfig},
     unwind::UnwindMode,
 };
 
@@ -34,7 +35,7 @@ pub use limits::{
     AUTO_RING_SECONDS, FrequencyError, RingBufferSize, RingSizeError, check_frequency,
     check_ring_buffer_size,
 };
-pub use net::{NetCounters, NetRecord, NetSettings, encode as encode_net_record};
+pub use net::{NetCounters, NetRecord, NetSettings, OffCpuSettings, encode as encode_net_record};
 pub use ring::SampleRing;
 pub use sample::{RawSample, SampleDecodeError, comm_to_str, encode as encode_sample};
 pub use unwind::{UnwindCapacity, UnwindMaps};
@@ -51,6 +52,16 @@ const NET_COUNTERS: &str = "NET_COUNTERS";
 const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
 const CALL_SITES: &str = "CALL_SITES";
 const STACK_GENERATION: &str = "STACK_GENERATION";
+const BLOCKED_THREADS: &str = "BLOCKED_THREADS";
+
+impl ProbeSettings {
+    /// Some program walks user stacks with the unwind tables: the CPU
+    /// sampler, or event programs that collect user stacks.
+    pub fn walks_tables(&self) -> bool {
+        self.unwind_mode != UnwindMode::FramePointers
+            && (self.cpu || self.network.as_ref().is_some_and(|n| n.user_stacks))
+    }
+}
 
 /// How the probes are set up at load time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,6 +207,7 @@ pub struct Probes {
 enum NetLink {
     RawTracepoint(RawTracePointLinkId),
     Fexit(FExitLinkId),
+    BtfTracepoint(BtfTracePointLinkId),
 }
 
 /// The programs wake the agent once 1/WAKEUP_FRACTION of their ring is
@@ -214,7 +226,7 @@ impl Probes {
         let support = KernelSupport::detect(&btf)?;
         tracing::debug!("{}", support.describe());
         let (task, regs) = btf.task_offsets()?;
-        let tables = settings.cpu && settings.unwind_mode != UnwindMode::FramePointers;
+        let tables = settings.walks_tables();
         let config = SamplerConfig {
             task,
             filter_tgids: u8::from(settings.filter_processes),
@@ -240,6 +252,16 @@ impl Probes {
             },
             None => NetConfig::default(),
         };
+        let off_cpu = settings.network.as_ref().and_then(|n| n.off_cpu);
+        let off_cpu_config = match off_cpu {
+            Some(off_cpu) => OffCpuConfig {
+                min_ns: off_cpu.min_block_ns,
+                threshold: off_cpu.threshold(),
+                task_state: btf.task_state_offset()?,
+                _pad: 0,
+            },
+            None => OffCpuConfig::default(),
+        };
         let net = settings.network.as_ref();
         let (mut net_programs, mut refused) = match net {
             Some(net) => support.net_programs(&net.emit),
@@ -251,6 +273,7 @@ impl Probes {
             .override_global("NET_CONFIG", &net_config, true)
             .override_global("USER_REGS_STACK_OFFSET", &support.regs_stack_offset, true)
             .override_global("NET_HOOK_ARGS", &support.net_hook_args, true)
+            .override_global("OFF_CPU_CONFIG", &off_cpu_config, true)
             .map_max_entries(
                 SAMPLES_RING,
                 if settings.cpu {
@@ -267,6 +290,10 @@ impl Probes {
             )
             .map_max_entries(SOCKET_OWNERS, net.map_or(1, |n| n.socket_owners.max(1)))
             .map_max_entries(CALL_SITES, net.map_or(1, |n| n.call_sites.max(1)))
+            .map_max_entries(
+                BLOCKED_THREADS,
+                off_cpu.map_or(1, |o| o.max_blocked_threads.max(1)),
+            )
             .map_max_entries(
                 unwind::UNWIND_ROW_SHARDS,
                 if tables {
@@ -296,7 +323,8 @@ impl Probes {
         if tables {
             load_unwinder(&mut ebpf)?;
         }
-        load_net_programs(&mut ebpf, &mut net_programs, &mut refused)?;
+        let walkers = tables && net.is_some_and(|n| n.user_stacks);
+        load_net_programs(&mut ebpf, &mut net_programs, &mut refused, walkers)?;
         if settings.filter_processes {
             // Only needed to follow descendants; unfiltered sampling skips its cost.
             let fork: &mut RawTracePoint = program(&mut ebpf, "track_fork")?;
@@ -346,7 +374,7 @@ impl Probes {
 
     /// Hands out the unwinder's maps (None in frame-pointer mode); call once.
     pub fn take_unwind_maps(&mut self) -> Result<Option<UnwindMaps>, ProbeError> {
-        if !self.settings.cpu || self.settings.unwind_mode == UnwindMode::FramePointers {
+        if !self.settings.walks_tables() {
             return Ok(None);
         }
         let mut take = |name: &'static str| match self.ebpf.take_map(name) {
@@ -393,6 +421,13 @@ impl Probes {
                     let program: &mut FExit = program(&mut self.ebpf, name)?;
                     NetLink::Fexit(program.attach().map_err(failed)?)
                 }
+                Hook::BtfTracepoint(_) => {
+                    // Blocks remembered before a detach would be timed
+                    // from then: start from none.
+                    self.forget_blocked_threads()?;
+                    let program: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
+                    NetLink::BtfTracepoint(program.attach().map_err(failed)?)
+                }
             };
             self.net_links.push((name, link));
         }
@@ -434,6 +469,10 @@ impl Probes {
                 }
                 NetLink::Fexit(link) => {
                     let program: &mut FExit = program(&mut self.ebpf, name)?;
+                    program.detach(link).map_err(failed)?;
+                }
+                NetLink::BtfTracepoint(link) => {
+                    let program: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
                     program.detach(link).map_err(failed)?;
                 }
             }
@@ -524,6 +563,23 @@ impl Probes {
             .map_err(|source| map_error(STACK_GENERATION, source))
     }
 
+    /// Empties the map of blocked threads.
+    fn forget_blocked_threads(&mut self) -> Result<(), ProbeError> {
+        let map_err = |source| map_error(BLOCKED_THREADS, source);
+        let map = self
+            .ebpf
+            .map_mut(BLOCKED_THREADS)
+            .ok_or(ProbeError::Missing(BLOCKED_THREADS))?;
+        let mut blocked: HashMap<_, u32, hearth_common::net::BlockedThread> =
+            HashMap::try_from(map).map_err(map_err)?;
+        let tids: Vec<u32> = blocked.keys().filter_map(Result::ok).collect();
+        for tid in tids {
+            // A thread that switched in meanwhile removed itself.
+            let _ = blocked.remove(&tid);
+        }
+        Ok(())
+    }
+
     /// The network programs' counters (all zero when none are loaded).
     pub fn net_counters(&self) -> Result<NetCounters, ProbeError> {
         let mut totals = NetCounters::default();
@@ -534,38 +590,44 @@ impl Probes {
     }
 }
 
-/// Loads the network programs. fexit programs (the send and receive hooks
-/// of kernels without the socket tracepoints) need BPF trampolines, which
-/// some kernel configurations lack: if they fail to load, sends and
-/// receives are refused and the other events go on.
+/// Loads the network and off-CPU programs, and with `walkers` the table
+/// walker of each (a program whose walker does not load walks user stacks
+/// by frame pointer, with a warning). fexit programs (the send and
+/// receive hooks of kernels without the socket tracepoints) need BPF
+/// trampolines, which some kernel configurations lack: if they fail to
+/// load, sends and receives are refused and the other events go on.
 fn load_net_programs(
     ebpf: &mut Ebpf,
     programs: &mut Vec<NetProgram>,
     refused: &mut Vec<(NetEventKind, String)>,
+    walkers: bool,
 ) -> Result<(), ProbeError> {
     let mut kernel_btf = None;
     let mut fexit_failure = None;
+    let mut walkers_loaded = Vec::new();
+    let mut failed_kinds = Vec::new();
     for net in programs.iter() {
         let name = net.name;
         let failed = |source| ProbeError::Program {
             program: name,
             source,
         };
-        match net.hook {
-            Hook::RawTracepoint(_) => {
+        let btf = match (&net.hook, &kernel_btf) {
+            (Hook::RawTracepoint(_), _) => None,
+            (_, Some(btf)) => Some(btf),
+            (_, None) => {
+                Some(&*kernel_btf.insert(aya::Btf::from_sys_fs().map_err(ProbeError::KernelBtf)?))
+            }
+        };
+        match (net.hook, btf) {
+            (Hook::RawTracepoint(_), _) => {
                 let program: &mut RawTracePoint = program(ebpf, name)?;
                 program.load().map_err(failed)?;
             }
-            Hook::Fexit(function) => {
+            (Hook::Fexit(function), Some(btf)) => {
                 if fexit_failure.is_some() {
                     continue;
                 }
-                let btf = match &kernel_btf {
-                    Some(btf) => btf,
-                    None => {
-                        kernel_btf.insert(aya::Btf::from_sys_fs().map_err(ProbeError::KernelBtf)?)
-                    }
-                };
                 let program: &mut FExit = program(ebpf, name)?;
                 if let Err(err) = program.load(function, btf) {
                     fexit_failure = Some(format!(
@@ -574,7 +636,37 @@ fn load_net_programs(
                         kernel_release(),
                         crate::error_chain(&err)
                     ));
+                    continue;
                 }
+            }
+            (Hook::BtfTracepoint(tracepoint), Some(btf)) => {
+                let program: &mut BtfTracePoint = program(ebpf, name)?;
+                if let Err(err) = program.load(tracepoint, btf) {
+                    refused.push((
+                        net.kind,
+                        format!(
+                            "this kernel ({}) refused the {tracepoint} BTF tracepoint program: {}",
+                            kernel_release(),
+                            crate::error_chain(&err)
+                        ),
+                    ));
+                    failed_kinds.push(net.kind);
+                    continue;
+                }
+            }
+            (_, None) => unreachable!("BTF is read for every hook but raw tracepoints"),
+        }
+        if let Some((walker, array)) = net.unwinder().filter(|_| walkers)
+            && !walkers_loaded.contains(&walker)
+        {
+            walkers_loaded.push(walker);
+            if let Err(err) = load_walker(ebpf, net.hook, walker, array, btf) {
+                tracing::warn!(
+                    program = name,
+                    "the table walker {walker} did not load; {} stacks use frame pointers: {}",
+                    net.kind_name(),
+                    crate::error_chain(&err)
+                );
             }
         }
     }
@@ -584,7 +676,45 @@ fn load_net_programs(
             refused.push((kind, reason.clone()));
         }
     }
+    programs.retain(|p| !failed_kinds.contains(&p.kind));
     Ok(())
+}
+
+/// Loads the table walker `name` for programs on `hook` and puts it in
+/// slot 0 of `array`, where they tail-call it.
+fn load_walker(
+    ebpf: &mut Ebpf,
+    hook: Hook,
+    name: &'static str,
+    array: &'static str,
+    btf: Option<&aya::Btf>,
+) -> Result<(), ProbeError> {
+    let failed = |source| ProbeError::Program {
+        program: name,
+        source,
+    };
+    let fd = match (hook, btf) {
+        (Hook::Fexit(function), Some(btf)) => {
+            let walker: &mut FExit = program(ebpf, name)?;
+            walker.load(function, btf).map_err(failed)?;
+            walker.fd().and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        }
+        (Hook::BtfTracepoint(tracepoint), Some(btf)) => {
+            let walker: &mut BtfTracePoint = program(ebpf, name)?;
+            walker.load(tracepoint, btf).map_err(failed)?;
+            walker.fd().and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        }
+        _ => {
+            let walker: &mut RawTracePoint = program(ebpf, name)?;
+            walker.load().map_err(failed)?;
+            walker.fd().and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        }
+    }
+    .map_err(failed)?;
+    let map = ebpf.map_mut(array).ok_or(ProbeError::Missing(array))?;
+    let mut slots =
+        aya::maps::ProgramArray::try_from(map).map_err(|source| map_error(array, source))?;
+    slots.set(0, &fd, 0).map_err(|source| map_error(array, source))
 }
 
 /// Loads `cpu_unwind` and puts it where `cpu_sample` tail-calls it.

@@ -25,8 +25,32 @@ pub struct NetSettings {
     /// Collect the user stack of sends, receives and connects.
     pub user_stacks: bool,
     /// Threads' last call sites remembered, so that repeated sends and
-    /// receives from one place skip the stack walk.
+    /// receives (and blocks) from one place skip the stack walk.
     pub call_sites: u32,
+    /// Off-CPU settings, when off-CPU time is wanted.
+    pub off_cpu: Option<OffCpuSettings>,
+}
+
+/// How blocks are chosen for off-CPU profiles.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OffCpuSettings {
+    /// Blocks shorter than this are counted, not recorded.
+    pub min_block_ns: u64,
+    /// Chance that a block is recorded (0 < p <= 1); recorded time is
+    /// scaled by 1/p.
+    pub probability: f64,
+    /// Threads that can be blocked at once and still be timed.
+    pub max_blocked_threads: u32,
+}
+
+impl Eq for OffCpuSettings {}
+
+impl OffCpuSettings {
+    /// The kernel's sampling threshold: the probability times 2^32.
+    pub fn threshold(&self) -> u64 {
+        let scaled = (self.probability.clamp(0.0, 1.0) * 4_294_967_296.0).round() as u64;
+        scaled.clamp(1, hearth_common::net::OFF_CPU_ALWAYS)
+    }
 }
 
 /// One decoded network record.
@@ -99,6 +123,12 @@ pub struct NetCounters {
     pub ring_full: u64,
     pub owner_unknown: u64,
     pub read_errors: u64,
+    /// Blocks of threads in scope, those the sampling left out, those
+    /// shorter than the minimum, and those lost to a full map of blocked threads.
+    pub off_cpu_blocks: u64,
+    pub off_cpu_sampled_out: u64,
+    pub off_cpu_short: u64,
+    pub off_cpu_pending_full: u64,
 }
 
 impl NetCounters {
@@ -108,6 +138,10 @@ impl NetCounters {
             NetCounter::RingFull => &mut self.ring_full,
             NetCounter::OwnerUnknown => &mut self.owner_unknown,
             NetCounter::ReadError => &mut self.read_errors,
+            NetCounter::OffCpuBlocks => &mut self.off_cpu_blocks,
+            NetCounter::OffCpuSampledOut => &mut self.off_cpu_sampled_out,
+            NetCounter::OffCpuShort => &mut self.off_cpu_short,
+            NetCounter::OffCpuPendingFull => &mut self.off_cpu_pending_full,
         };
         *slot = value;
     }

@@ -16,7 +16,7 @@ pub enum SampleDecodeError {
 }
 
 /// The header copied out, the stacks read in place.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RawSample<'a> {
     pub header: SampleHeader,
     kernel: &'a [u8],
