@@ -12,9 +12,8 @@ use crate::{
     aggregate::network,
     collect::preflight,
     collect::probes::{
-        OffCpuSettings,
-NetSettings, ProbeSettings, Probes, RingBufferSize, SocketHooks, UnwindCapacity,
-        online_cpu_count,
+        NetSettings, OffCpuSettings, ProbeSettings, Probes, RingBufferSize, SocketHooks,
+        UnwindCapacity, online_cpu_count,
     },
     enrich::unwind,
     event::Event,
@@ -44,7 +43,10 @@ const CHECK_FREQUENCY_HZ: u64 = 19;
 pub fn run() -> anyhow::Result<Report> {
     preflight::check_privileges()?;
     preflight::raise_resource_limits();
-    let network_events: Vec<Event> = Event::ALL.into_iter().filter(|e| e.is_ring_event()).collect();
+    let network_events: Vec<Event> = Event::ALL
+        .into_iter()
+        .filter(|e| e.is_ring_event())
+        .collect();
     let mut probes = Probes::load(&ProbeSettings {
         cpu: true,
         frequency_hz: CHECK_FREQUENCY_HZ,

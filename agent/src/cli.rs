@@ -307,6 +307,17 @@ impl RunArgs {
     }
 }
 
+/// A block time: a duration of zero or more.
+fn block_time(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim_start().starts_with('-') {
+        return Err(format!(
+            "{text:?} is negative; give a duration of 0 or more (e.g. 1ms, 100us, 0s for every block)"
+        ));
+    }
+    humantime::parse_duration(text)
+        .map_err(|err| format!("{text:?} is not a duration ({err}); write e.g. 1ms, 100us or 0s"))
+}
+
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// How long to record (e.g. 10s, 2m). Default: 10s, or until COMMAND exits.
@@ -341,8 +352,9 @@ pub struct RecordArgs {
 
     /// off-cpu: the shortest block recorded (e.g. 1ms, 100us, 0s for all);
     /// shorter ones are counted in the summary.
-    #[arg(long, value_name = "DURATION", default_value = "1ms")]
-    pub off_cpu_min: humantime::Duration,
+    #[arg(long, value_name = "DURATION", default_value = "1ms", allow_hyphen_values = true,
+          value_parser = block_time)]
+    pub off_cpu_min: std::time::Duration,
 
     /// off-cpu: the chance a block is recorded, above 0 and at most 1; the
     /// time recorded is scaled by 1/probability.

@@ -136,8 +136,23 @@ fn print_report(report: &RecordReport) {
     let n = &report.net;
     if n.ring_full > 0 {
         eprintln!(
-            "hearth: {} network events were lost because their ring buffer was full",
+            "hearth: {} events (network, off-CPU) were lost because their ring buffer was full",
             n.ring_full
+        );
+    }
+    if report.outputs.iter().any(|w| w.event == Event::OffCpu) {
+        eprintln!(
+            "hearth: off-cpu: {} blocks of the traced threads; {} sampled out, {} shorter \
+             than --off-cpu-min, {} not timed (too many threads blocked at once){}",
+            n.off_cpu_blocks,
+            n.off_cpu_sampled_out,
+            n.off_cpu_short,
+            n.off_cpu_pending_full,
+            if n.off_cpu_sampled_out > 0 {
+                "; recorded time is scaled by 1/--off-cpu-probability"
+            } else {
+                ""
+            }
         );
     }
     let cpu_asked = report.outputs.iter().any(|w| w.event == Event::Cpu);

@@ -181,18 +181,16 @@ impl Pipeline {
         if event == Event::Cpu {
             return Some(self.profile(ProfileMeta { event, ..meta }));
         }
-        let table = self.network.as_ref()?.table(event)?;
+        let network = self.network.as_ref()?;
+        let table = network.table(event)?;
         let meta = ProfileMeta {
             event,
             period_ns: 1,
             ..meta
         };
-        Some(build_profile(
-            table,
-            &self.processes,
-            &mut self.symbolizer,
-            meta,
-        ))
+        let mut profile = build_profile(table, &self.processes, &mut self.symbolizer, meta);
+        profile.notes = network.notes(event);
+        Some(profile)
     }
 
     /// Starts a new window (take its profile first): its stacks are

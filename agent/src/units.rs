@@ -85,7 +85,9 @@ mod tests {
 pub struct Probability(pub f64);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0:?} is not a probability; write a number above 0 and at most 1 (e.g. 0.1, or 1 for all)")]
+#[error(
+    "{0:?} is not a probability; write a number above 0 and at most 1 (e.g. 0.1, or 1 for all)"
+)]
 pub struct ProbabilityError(String);
 
 impl FromStr for Probability {

@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     aggregate::{EventTag, StackTable, TagValue},
-    collect::probes::{NetRecord, RawSample, ReasonNames},
+    collect::probes::{NetRecord, OffCpuSettings, RawSample, ReasonNames},
     enrich::process::ProcessTable,
     event::Event,
 };
@@ -101,6 +101,7 @@ pub struct NetAggregator {
     reasons: ReasonNames,
     /// Off-CPU time recorded is multiplied by this: 1 / the sampling probability.
     off_cpu_scale: f64,
+    off_cpu: Option<OffCpuSettings>,
     stats: NetStats,
 }
 
@@ -129,17 +130,47 @@ impl NetAggregator {
             generation_published: 0,
             reasons,
             off_cpu_scale: 1.0,
+            off_cpu: None,
             stats: NetStats::default(),
         }
     }
 
-    /// Off-CPU blocks are sampled with `probability`: each recorded block
+    /// Off-CPU blocks are chosen as `settings` say: each recorded block
     /// stands for 1/probability blocks like it.
-    pub fn with_off_cpu_probability(mut self, probability: f64) -> Self {
-        if probability > 0.0 && probability <= 1.0 {
-            self.off_cpu_scale = 1.0 / probability;
+    pub fn with_off_cpu(mut self, settings: Option<OffCpuSettings>) -> Self {
+        if let Some(settings) = settings
+            && settings.probability > 0.0
+            && settings.probability <= 1.0
+        {
+            self.off_cpu_scale = 1.0 / settings.probability;
         }
+        self.off_cpu = settings;
         self
+    }
+
+    /// What a profile of `event` should say about how it was gathered.
+    pub fn notes(&self, event: Event) -> Vec<(String, String)> {
+        match (event, self.off_cpu) {
+            (Event::OffCpu, Some(off_cpu)) => vec![
+                (
+                    "hearth.off_cpu.min_block_ns".into(),
+                    off_cpu.min_block_ns.to_string(),
+                ),
+                (
+                    "hearth.off_cpu.sampling_probability".into(),
+                    off_cpu.probability.to_string(),
+                ),
+                (
+                    "hearth.off_cpu.scale".into(),
+                    format!(
+                        "values are blocked nanoseconds of blocks of at least {} ns, each \
+                         recorded with probability {} and multiplied by {}",
+                        off_cpu.min_block_ns, off_cpu.probability, self.off_cpu_scale
+                    ),
+                ),
+            ],
+            _ => Vec::new(),
+        }
     }
 
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {

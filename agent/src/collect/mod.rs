@@ -61,13 +61,15 @@ impl Collector {
         .with_max_section_bytes(settings.symbolizer.max_section_bytes);
         let mut pipeline = Pipeline::new(settings.processes, symbolizer);
         if !settings.network_events.is_empty() {
-            pipeline = pipeline.with_network(NetAggregator::new(
-                &settings.network_events,
-                settings.pending_connects,
-                settings.call_sites,
-                probes.kernel().reasons.clone(),
-            )
-            .with_off_cpu_probability(settings.off_cpu_probability()));
+            pipeline = pipeline.with_network(
+                NetAggregator::new(
+                    &settings.network_events,
+                    settings.pending_connects,
+                    settings.call_sites,
+                    probes.kernel().reasons.clone(),
+                )
+                .with_off_cpu(settings.off_cpu()),
+            );
         }
         Ok(Self {
             unwinder,

@@ -4,8 +4,8 @@
 use crate::{
     aggregate::network,
     collect::probes::{
-        FrequencyError, NetSettings, OffCpuSettings, ProbeSettings, UnwindCapacity, check_frequency,
-        online_cpu_count,
+        FrequencyError, NetSettings, OffCpuSettings, ProbeSettings, UnwindCapacity,
+        check_frequency, online_cpu_count,
     },
     config::Config,
     enrich::process::ProcessLimits,
@@ -42,13 +42,9 @@ pub struct SymbolizerSettings {
 }
 
 impl CollectorSettings {
-    /// The chance an off-CPU block is recorded (1 when off-CPU is off).
-    pub fn off_cpu_probability(&self) -> f64 {
-        self.probes
-            .network
-            .as_ref()
-            .and_then(|n| n.off_cpu)
-            .map_or(1.0, |o| o.probability)
+    /// How off-CPU blocks are chosen (None when off-CPU is off).
+    pub fn off_cpu(&self) -> Option<OffCpuSettings> {
+        self.probes.network.as_ref().and_then(|n| n.off_cpu)
     }
 }
 

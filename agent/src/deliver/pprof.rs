@@ -46,6 +46,11 @@ pub fn encode_pprof(profile: &Profile) -> pb::Profile {
         unit: extra.unit,
     };
     let period = profile.period_ns.max(1) as i64;
+    let comment = profile
+        .notes
+        .iter()
+        .map(|(key, value)| add(&format!("{key}={value}")))
+        .collect();
     pb::Profile {
         sample_type: vec![value_type()],
         period_type: Some(value_type()),
@@ -56,6 +61,7 @@ pub fn encode_pprof(profile: &Profile) -> pb::Profile {
         location: locations(profile),
         function: functions(profile),
         sample: samples(profile, &extra, period),
+        comment,
         string_table,
         ..Default::default()
     }

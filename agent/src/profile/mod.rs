@@ -101,6 +101,11 @@ pub struct Profile {
     pub locations: Vec<Location>,
     pub processes: Vec<Process>,
     pub samples: Vec<Sample>,
+    /// How the values were gathered, where that is more than the event
+    /// says (off-CPU: the minimum block and the sampling, and the scaling
+    /// it implies), as key and value: pprof comments (`key=value`), OTLP
+    /// profile attributes.
+    pub notes: Vec<(String, String)>,
 }
 
 impl Profile {

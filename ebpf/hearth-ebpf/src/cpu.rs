@@ -167,7 +167,16 @@ fn try_cpu_sample(ctx: &PerfEventContext) {
             }
             if known || config.unwind_mode == UnwindMode::Dwarf as u8 {
                 if let Some((ip, sp, bp)) = user_registers(&config) {
-                    start_walk(ctx, &UNWIND_PROGRAMS, WALK_CPU, 0, ip, sp, bp, kernel as u32);
+                    start_walk(
+                        ctx,
+                        &UNWIND_PROGRAMS,
+                        WALK_CPU,
+                        0,
+                        ip,
+                        sp,
+                        bp,
+                        kernel as u32,
+                    );
                 } else {
                     // A kernel thread: no user stack to walk.
                     submit(sample, kernel, 0);

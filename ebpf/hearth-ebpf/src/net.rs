@@ -367,7 +367,9 @@ pub(crate) fn walk_with_tables<C: EbpfContext>(
         if let Some(key) = cache_key {
             let _ = CALL_SITES.insert(key, *site, 0);
         }
-        start_walk(ctx, programs, walker, slot, site.ip, site.sp, site.bp, kernel);
+        start_walk(
+            ctx, programs, walker, slot, site.ip, site.sp, site.bp, kernel,
+        );
         if let Some(key) = cache_key {
             let _ = CALL_SITES.remove(key); // the tail call failed
         }
@@ -546,21 +548,38 @@ pub fn net_send_inet(ctx: FExitContext) -> i32 {
 /// `int inet6_sendmsg(struct socket *sock, struct msghdr *msg, size_t size)`.
 #[fexit(function = "inet6_sendmsg")]
 pub fn net_send_inet6(ctx: FExitContext) -> i32 {
-    sent(&ctx, &SEND_INET6_UNWIND, socket_sock(ctx.arg(0)), ctx.arg(3));
+    sent(
+        &ctx,
+        &SEND_INET6_UNWIND,
+        socket_sock(ctx.arg(0)),
+        ctx.arg(3),
+    );
     0
 }
 
 /// `int inet_recvmsg(struct socket *sock, struct msghdr *msg, size_t size, int flags)`.
 #[fexit(function = "inet_recvmsg")]
 pub fn net_recv_inet(ctx: FExitContext) -> i32 {
-    received(&ctx, &RECV_INET_UNWIND, socket_sock(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
+    received(
+        &ctx,
+        &RECV_INET_UNWIND,
+        socket_sock(ctx.arg(0)),
+        ctx.arg(4),
+        ctx.arg(3),
+    );
     0
 }
 
 /// `int inet6_recvmsg(struct socket *sock, struct msghdr *msg, size_t size, int flags)`.
 #[fexit(function = "inet6_recvmsg")]
 pub fn net_recv_inet6(ctx: FExitContext) -> i32 {
-    received(&ctx, &RECV_INET6_UNWIND, socket_sock(ctx.arg(0)), ctx.arg(4), ctx.arg(3));
+    received(
+        &ctx,
+        &RECV_INET6_UNWIND,
+        socket_sock(ctx.arg(0)),
+        ctx.arg(4),
+        ctx.arg(3),
+    );
     0
 }
 
@@ -583,15 +602,16 @@ fn sent<C: EbpfContext>(ctx: &C, programs: &ProgramArray, sk: *const u8, ret: i3
 /// A receive with `flags` that returned `ret`; peeked bytes stay in the
 /// socket and are counted when read.
 #[inline(always)]
-fn received<C: EbpfContext>(
-    ctx: &C,
-    programs: &ProgramArray,
-    sk: *const u8,
-    ret: i32,
-    flags: u32,
-) {
+fn received<C: EbpfContext>(ctx: &C, programs: &ProgramArray, sk: *const u8, ret: i32, flags: u32) {
     if ret > 0 && flags & MSG_PEEK == 0 && !sk.is_null() {
-        task_event(ctx, programs, SLOT_RECV, NetEventKind::Receive, sk, ret as u64);
+        task_event(
+            ctx,
+            programs,
+            SLOT_RECV,
+            NetEventKind::Receive,
+            sk,
+            ret as u64,
+        );
     }
 }
 

@@ -30,8 +30,8 @@ use crate::{
     cpu::{SAMPLER_CONFIG, cgroup_allowed, is_traced},
     events::OFF_CPU_UNWIND,
     net::{
-        CALL_SITES, SKIP_TRACING_FRAMES, SLOT_OFF_CPU_IN, SLOT_OFF_CPU_OUT, STACK_BYTES,
-        call_site, count, scratch, site_key, submit, user_stack, walk_with_tables,
+        CALL_SITES, SKIP_TRACING_FRAMES, SLOT_OFF_CPU_IN, SLOT_OFF_CPU_OUT, STACK_BYTES, call_site,
+        count, scratch, site_key, submit, user_stack, walk_with_tables,
     },
     task::{process_identity, read_field},
 };
@@ -142,7 +142,9 @@ fn switched_out(ctx: &BtfTracePointContext, prev: *const u8) {
     };
     count(NetCounter::OffCpuBlocks);
     // SAFETY: no preconditions.
-    if off_cpu.threshold < OFF_CPU_ALWAYS && u64::from(unsafe { bpf_get_prandom_u32() }) >= off_cpu.threshold {
+    if off_cpu.threshold < OFF_CPU_ALWAYS
+        && u64::from(unsafe { bpf_get_prandom_u32() }) >= off_cpu.threshold
+    {
         count(NetCounter::OffCpuSampledOut);
         return;
     }

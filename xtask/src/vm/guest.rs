@@ -16,6 +16,7 @@ use super::kernels::Kernel;
 
 /// The tests every kernel runs: what loads and exercises every program —
 /// CPU stacks by frame pointer and by unwind table, every network event,
+/// socket events' and off-CPU stacks walked by table through libc,
 /// scoping by cgroup in the kernel, on-demand attach and detach, and the
 /// unwinder's maps emptied when processes exit. The accuracy comparisons
 /// against `perf` and the exporter tests run on the host only (`cargo
@@ -37,7 +38,12 @@ pub const SUBSET: &[(&str, &[&str])] = &[
             "bytes_sent_and_received_are_attributed_exactly_to_the_functions_that_moved_them",
             "retransmits_over_a_lossy_link_agree_with_the_kernel_counter",
             "resets_and_connect_latency_are_measured_on_real_connections",
+            "bytes_through_libc_wrappers_sit_under_the_functions_that_called_them",
         ],
+    ),
+    (
+        "offcpu",
+        &["off_cpu_time_splits_as_the_fixture_measured_it_with_whole_chains"],
     ),
     (
         "scope",

@@ -421,8 +421,7 @@ mod tests {
             btf_tracepoints: false,
             ..host()
         };
-        let (programs, refused) =
-            support.net_programs(&[NetEventKind::OffCpu, NetEventKind::Drop]);
+        let (programs, refused) = support.net_programs(&[NetEventKind::OffCpu, NetEventKind::Drop]);
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].0, NetEventKind::OffCpu);
         assert!(refused[0].1.contains("sched_switch"), "{}", refused[0].1);

@@ -16,11 +16,11 @@ use aya::{
     programs::{
         BtfTracePoint, FExit, PerfEvent, ProgramError, RawTracePoint,
         fexit::FExitLinkId,
-        tp_btf::BtfTracePointLinkId,
         perf_event::{
             PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
         },
         raw_trace_point::RawTracePointLinkId,
+        tp_btf::BtfTracePointLinkId,
     },
     util::online_cpus,
 };
@@ -697,24 +697,32 @@ fn load_walker(
         (Hook::Fexit(function), Some(btf)) => {
             let walker: &mut FExit = program(ebpf, name)?;
             walker.load(function, btf).map_err(failed)?;
-            walker.fd().and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            walker
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
         }
         (Hook::BtfTracepoint(tracepoint), Some(btf)) => {
             let walker: &mut BtfTracePoint = program(ebpf, name)?;
             walker.load(tracepoint, btf).map_err(failed)?;
-            walker.fd().and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            walker
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
         }
         _ => {
             let walker: &mut RawTracePoint = program(ebpf, name)?;
             walker.load().map_err(failed)?;
-            walker.fd().and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            walker
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
         }
     }
     .map_err(failed)?;
     let map = ebpf.map_mut(array).ok_or(ProbeError::Missing(array))?;
     let mut slots =
         aya::maps::ProgramArray::try_from(map).map_err(|source| map_error(array, source))?;
-    slots.set(0, &fd, 0).map_err(|source| map_error(array, source))
+    slots
+        .set(0, &fd, 0)
+        .map_err(|source| map_error(array, source))
 }
 
 /// Loads `cpu_unwind` and puts it where `cpu_sample` tail-calls it.

@@ -86,6 +86,13 @@ pub fn encode_request(
                         period_type: Some(period_type),
                         period: profile.period_ns.max(1) as i64,
                         profile_id: profile_ids().to_vec(),
+                        attribute_indices: profile
+                            .notes
+                            .iter()
+                            .map(|(key, value)| {
+                                dict.attribute(key, &AttributeValue::Str(value.clone()))
+                            })
+                            .collect(),
                         ..Default::default()
                     }],
                     schema_url: String::new(),
