@@ -6,7 +6,7 @@
 
 use std::{path::Path, time::Duration};
 
-use hearth_tests::*;
+use hearth_tests::{agent::*, *};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -169,4 +169,118 @@ fn bad_off_cpu_flags_and_keys_are_refused_by_name() {
             assert!(text.contains(word), "{yaml} must name {word}: {text}");
         }
     }
+}
+
+/// `hearth run --event off-cpu` exports an `off_cpu`/`nanoseconds` profile
+/// over OTLP (saying how it was gathered) and an `off_cpu` series to
+/// Pyroscope, with the fixture's blocked time; `ctl capture --event
+/// off-cpu` answers with what a process waits in right now.
+#[test]
+fn run_exports_off_cpu_time_and_ctl_captures_it() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let otlp = OtlpReceiver::start("grpc", 0, &dir.path().join("requests.jsonl"));
+    let pyroscope_dir = tempfile::tempdir().unwrap();
+    let pyroscope = PyroscopeReceiver::start(pyroscope_dir.path());
+    let fixture = build_c("libc_waits.c", dir.path(), &["-O2", "-fomit-frame-pointer"]);
+    let metrics_port = free_port();
+    let socket = dir.path().join("control.sock");
+    let agent = spawn_agent(
+        &[
+            "--event",
+            "cpu",
+            "--event",
+            "off-cpu",
+            "--otlp-endpoint",
+            &otlp.endpoint(),
+            "--pyroscope-url",
+            &pyroscope.url(),
+            "--export-interval",
+            "1s",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--control-socket",
+            socket.to_str().unwrap(),
+        ],
+        &[],
+    );
+    wait_ready(metrics_port, Duration::from_secs(20));
+    let settle = patience(Duration::from_millis(400)).as_millis().to_string();
+    let run = std::process::Command::new(&fixture)
+        .args(["block", "40", "30", "10", &settle])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let blocks_pid = u64::from(run.id());
+    let blocks = run.wait_with_output().unwrap();
+    assert!(blocks.status.success());
+    let (pipe_ns, _) = measured(&String::from_utf8_lossy(&blocks.stdout));
+
+    // A capture of a process blocking now.
+    let mut waiting = Running::spawn(&fixture, &["block", "200", "30", "10", "0"]);
+    let capture = dir.path().join("now.folded");
+    let output = std::process::Command::new(hearth_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["capture", "--event", "off-cpu", "--duration", "3s", "--pid"])
+        .arg(waiting.pid().to_string())
+        .arg("--output")
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "ctl capture: {}", stderr(&output));
+    let captured = read_folded(&capture);
+    assert!(
+        blocked_in(&captured, "wait_pipe", true) > 1_000_000_000,
+        "3 s of a process that waits mostly in its pipe: {captured:?}"
+    );
+    waiting.kill_and_output();
+
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, metrics) = http_get(metrics_port, "/metrics");
+    let output = terminate(agent, Duration::from_secs(20));
+    assert!(output.status.success(), "agent: {}", stderr(&output));
+
+    let requests = otlp.requests();
+    let mut in_pipe = 0;
+    let mut notes = None;
+    for resource in requests
+        .iter()
+        .flat_map(|r| r["resources"].as_array().unwrap())
+    {
+        let pid = resource["attributes"]["process.pid"].as_u64();
+        for profile in resource["profiles"].as_array().unwrap() {
+            if profile["sample_type"].to_string() != r#"["off_cpu","nanoseconds"]"# {
+                continue;
+            }
+            notes = Some(profile["attributes"].clone());
+            if pid != Some(blocks_pid) {
+                continue;
+            }
+            for sample in profile["samples"].as_array().unwrap() {
+                let frames = sample["frames"].to_string();
+                if frames.contains("\"wait_pipe\"") && frames.contains("\"main\"") {
+                    in_pipe += sample["value"].as_u64().unwrap();
+                }
+            }
+        }
+    }
+    let notes = notes.expect("an off_cpu profile over OTLP");
+    assert_eq!(notes["hearth.off_cpu.sampling_probability"], "1", "{notes}");
+    assert_eq!(notes["hearth.off_cpu.min_block_ns"], "1000000", "{notes}");
+    assert!(
+        (in_pipe as f64 - pipe_ns as f64).abs() <= 0.15 * pipe_ns as f64,
+        "{in_pipe} ns in wait_pipe over OTLP, the fixture measured {pipe_ns}"
+    );
+    let timed = metric(&metrics, r#"hearth_off_cpu_blocks_total{reason="timed"}"#);
+    assert!(timed.is_some_and(|n| n >= 40.0), "{metrics}");
+
+    let names: std::collections::BTreeSet<String> = pyroscope
+        .wait_for(1, Duration::from_secs(1))
+        .iter()
+        .flat_map(|r| r["series"].as_array().unwrap().clone())
+        .map(|series| series["labels"]["__name__"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains("off_cpu"), "{names:?}");
 }

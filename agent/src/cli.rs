@@ -145,6 +145,9 @@ pub enum CtlCommand {
     Capture {
         #[arg(long, value_name = "DURATION", default_value = "30s")]
         duration: humantime::Duration,
+        /// What to capture: one of the agent's events (cpu, off-cpu, tx-bytes...).
+        #[arg(short, long, value_name = "NAME", default_value = "cpu")]
+        event: Event,
         #[command(flatten)]
         filter: CtlFilter,
         #[arg(short, long, value_name = "FILE")]
@@ -156,6 +159,9 @@ pub enum CtlCommand {
         /// How far back, e.g. 10m.
         #[arg(long, value_name = "DURATION")]
         last: humantime::Duration,
+        /// Which profiles: one of the agent's events (cpu, off-cpu, tx-bytes...).
+        #[arg(short, long, value_name = "NAME", default_value = "cpu")]
+        event: Event,
         #[command(flatten)]
         filter: CtlFilter,
         #[arg(short, long, value_name = "FILE")]

@@ -90,6 +90,11 @@ impl Pipeline {
         }
     }
 
+    /// The aggregator of the event ring's records, when events are wanted.
+    pub fn network(&self) -> Option<&NetAggregator> {
+        self.network.as_ref()
+    }
+
     /// Network events counted in the current window.
     pub fn network_events(&self) -> u64 {
         self.network

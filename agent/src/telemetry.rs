@@ -113,7 +113,8 @@ metric_table! {
         "Tables or processes left to frame pointers (compile_error: unreadable or \
          malformed .eh_frame; rows_full: unwind.max_rows reached; processes_full: \
          unwind.max_processes reached)";
-    network_events: Counter = "hearth_network_events", "Network events read from the kernel";
+    network_events: Counter = "hearth_network_events",
+        "Records read from the kernel's event ring (network events, and off-CPU stacks and times)";
     network_events_lost: Reasons = "hearth_network_events_lost",
         "Network events lost (ring_full: the ring was full; connect_unmatched: \
          a connect's start was not kept, so it has no latency)";

@@ -9,7 +9,7 @@ one JSON line per request to --out:
 
   {"transport": ..., "wire_bytes": n, "message_bytes": n,
    "errors": [...], "resources": [{"attributes": {...}, "profiles": [
-     {"sample_type": [t, u], "period_type": [t, u], "period": n,
+     {"sample_type": [t, u], "period_type": [t, u], "period": n, "attributes": {...},
       "time_unix_nano": t, "duration_nano": d, "profile_id": hex,
       "samples": [{"frames": [root, ..., leaf], "value": v, "attributes": {...}}]}]}]}
 
@@ -159,6 +159,7 @@ def summarize(request):
                     "time_unix_nano": p.time_unix_nano,
                     "duration_nano": p.duration_nano,
                     "profile_id": p.profile_id.hex(),
+                    "attributes": attributes(p.attribute_indices),
                     "samples": [
                         {"frames": frames(x.stack_index), "value": sum(x.values), "attributes": attributes(x.attribute_indices)}
                         for x in p.samples

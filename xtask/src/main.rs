@@ -7,6 +7,7 @@ mod netbench;
 mod procs;
 mod setup;
 mod soak;
+mod switchbench;
 mod vm;
 
 use std::{
@@ -113,6 +114,17 @@ enum Task {
         /// Bytes per transfer.
         #[arg(long, default_value_t = 2_000_000_000)]
         bytes: u64,
+    },
+    /// Measure a context-switch storm alone, under `hearth record --event
+    /// off-cpu` and under `perf record -e sched:sched_switch -g`, rotating
+    /// in one run, and write the figures to docs/benchmarks.md (as root).
+    OffCpuOverhead {
+        /// Rounds (the order rotates each round).
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// Seconds of storm per condition and round.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
     },
     /// Set up, build the agent in release mode and run it, e.g.
     /// `cargo xtask run -- record --duration 10s --output flame.svg`.
@@ -225,6 +237,16 @@ fn main() -> anyhow::Result<()> {
             };
             netbench::run(&root, &settings)?.print();
             Ok(())
+        }
+        Task::OffCpuOverhead { rounds, seconds } => {
+            setup::run()?;
+            cargo(&root, &["build", "--release", "-p", "hearth"])?;
+            let settings = switchbench::Settings {
+                rounds,
+                seconds,
+                output: root.join("docs/benchmarks.md"),
+            };
+            switchbench::run(&root, &settings)
         }
         Task::Run { args } => {
             setup::run()?;

@@ -173,6 +173,24 @@ impl NetAggregator {
         }
     }
 
+    /// A new aggregator of `event` alone (for a capture), that knows the
+    /// stacks this one was last sent: the records that reuse them find them.
+    pub fn fork(&self, event: Event) -> Self {
+        Self {
+            tables: [(event, StackTable::new())].into_iter().collect(),
+            pending: FxHashMap::default(),
+            max_pending: self.max_pending,
+            last_walked: self.last_walked.clone(),
+            max_last_walked: self.max_last_walked,
+            generation: 0,
+            generation_published: 0,
+            reasons: self.reasons.clone(),
+            off_cpu_scale: self.off_cpu_scale,
+            off_cpu: self.off_cpu,
+            stats: NetStats::default(),
+        }
+    }
+
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
         self.tables.keys().copied()
     }

@@ -24,7 +24,7 @@ use crate::{
     telemetry::Telemetry,
 };
 
-/// Which ring has records waiting.
+/// Which ring has records waiting (or a record came from).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ready {
     Cpu,
@@ -132,42 +132,56 @@ impl Collector {
         }
     }
 
-    /// Reads what waits in `ring`; CPU records are also handed to `tee`.
-    pub fn drain_ready(&mut self, ring: Ready, tee: impl FnMut(&[u8])) -> Result<(), ProbeError> {
+    /// Reads what waits in `ring`; each record is also handed to `tee`.
+    pub fn drain_ready(
+        &mut self,
+        ring: Ready,
+        tee: impl FnMut(Ready, &[u8]),
+    ) -> Result<(), ProbeError> {
         match ring {
             Ready::Cpu => {
                 self.drain_cpu(tee);
                 Ok(())
             }
-            Ready::Network => self.drain_network(),
+            Ready::Network => self.drain_network(tee),
         }
     }
 
     /// Reads what waits in both rings.
-    pub fn drain(&mut self, tee: impl FnMut(&[u8])) -> Result<(), ProbeError> {
-        self.drain_cpu(tee);
-        self.drain_network()
+    pub fn drain(&mut self, mut tee: impl FnMut(Ready, &[u8])) -> Result<(), ProbeError> {
+        self.drain_cpu(&mut tee);
+        self.drain_network(tee)
     }
 
     /// Reads the CPU ring (each record also handed to `tee`), then loads
     /// the unwind tables its samples asked for.
-    pub fn drain_cpu(&mut self, mut tee: impl FnMut(&[u8])) {
+    pub fn drain_cpu(&mut self, mut tee: impl FnMut(Ready, &[u8])) {
         let pipeline = &mut self.pipeline;
         self.cpu_ring.drain(|record| {
             pipeline.ingest(record);
-            tee(record);
+            tee(Ready::Cpu, record);
         });
+        self.serve_unwind_requests();
+    }
+
+    /// Loads the unwind tables that records asked for.
+    fn serve_unwind_requests(&mut self) {
         let requests = self.pipeline.take_unwind_requests();
         if let Some(unwinder) = self.unwinder.as_mut() {
             unwinder.serve(requests);
         }
     }
 
-    /// Reads the network ring, and tells the kernel when the agent forgot
-    /// the stacks its call sites point at.
-    fn drain_network(&mut self) -> Result<(), ProbeError> {
+    /// Reads the event ring (network and off-CPU; each record also handed
+    /// to `tee`), loads the unwind tables its records asked for, and tells
+    /// the kernel when the agent forgot the stacks its call sites point at.
+    fn drain_network(&mut self, mut tee: impl FnMut(Ready, &[u8])) -> Result<(), ProbeError> {
         let pipeline = &mut self.pipeline;
-        self.net_ring.drain(|record| pipeline.ingest_net(record));
+        self.net_ring.drain(|record| {
+            pipeline.ingest_net(record);
+            tee(Ready::Network, record);
+        });
+        self.serve_unwind_requests();
         match self.pipeline.take_stack_generation() {
             Some(generation) => self.probes.set_stack_generation(generation),
             None => Ok(()),
@@ -208,16 +222,19 @@ impl Collector {
         telemetry.record_pipeline(p.total_samples(), p.total_network_events(), p.malformed());
     }
 
-    /// Detaches the programs and reads what the rings still hold (CPU
-    /// records handed to `tee` too); no unwind tables are loaded any more.
-    pub fn stop(&mut self, mut tee: impl FnMut(&[u8])) -> Result<(), ProbeError> {
+    /// Detaches the programs and reads what the rings still hold (records
+    /// handed to `tee` too); no unwind tables are loaded any more.
+    pub fn stop(&mut self, mut tee: impl FnMut(Ready, &[u8])) -> Result<(), ProbeError> {
         self.set_sampling(false)?;
         let pipeline = &mut self.pipeline;
         self.cpu_ring.drain(|record| {
             pipeline.ingest(record);
-            tee(record);
+            tee(Ready::Cpu, record);
         });
-        self.net_ring.drain(|record| pipeline.ingest_net(record));
+        self.net_ring.drain(|record| {
+            pipeline.ingest_net(record);
+            tee(Ready::Network, record);
+        });
         Ok(())
     }
 

@@ -230,13 +230,17 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Capture {
             duration,
+            event,
             filter,
             output,
         } => {
             let format = OutputFormat::from_path(&output)?;
             // Proven writable before the agent spends the time.
             drop(OutputFile::prepare(&output)?);
-            let mut pairs = vec![("duration", Some(duration.to_string()))];
+            let mut pairs = vec![
+                ("duration", Some(duration.to_string())),
+                ("event", Some(event.name().to_owned())),
+            ];
             pairs.extend(filter_pairs(filter));
             pairs.push(("format", Some(format.name().to_owned())));
             let path = format!("/capture?{}", query(&pairs));
@@ -244,6 +248,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::History {
             last,
+            event,
             filter,
             output,
         } => {
@@ -254,7 +259,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 );
             }
             drop(OutputFile::prepare(&output)?);
-            let mut pairs = vec![("last", Some(last.to_string()))];
+            let mut pairs = vec![
+                ("last", Some(last.to_string())),
+                ("event", Some(event.name().to_owned())),
+            ];
             pairs.extend(filter_pairs(filter));
             let path = format!("/history?{}", query(&pairs));
             fetch_to_file(&socket, Method::GET, &path, &output).await

@@ -12,7 +12,9 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::{deliver::OutputFormat, enrich::process::kubernetes::PodIndex, profile::Profile};
+use crate::{
+    deliver::OutputFormat, enrich::process::kubernetes::PodIndex, event::Event, profile::Profile,
+};
 
 /// Version prefix of every control endpoint.
 pub const API_PREFIX: &str = "/v1";
@@ -171,12 +173,14 @@ pub enum Request {
     },
     Disable(oneshot::Sender<Result<Status, Refusal>>),
     Capture {
+        event: Event,
         duration: Duration,
         filter: Filter,
         format: OutputFormat,
         reply: oneshot::Sender<Result<ProfileFile, Refusal>>,
     },
     History {
+        event: Event,
         last: Duration,
         filter: Filter,
         reply: oneshot::Sender<Result<ProfileFile, Refusal>>,

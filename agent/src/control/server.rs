@@ -9,7 +9,7 @@
 //! | `GET /v1/status` | [`Status`] as JSON |
 //! | `POST /v1/enable?for=15m` | sample until then (on-demand mode) |
 //! | `POST /v1/disable` | stop sampling now (on-demand mode) |
-//! | `POST /v1/capture?duration=30s[&pid=P][&container=ID][&pod_uid=U][&pod=NS/NAME][&format=svg]` | record now; the profile file is the body |
+//! | `POST /v1/capture?duration=30s[&event=cpu][&pid=P][&container=ID][&pod_uid=U][&pod=NS/NAME][&format=svg]` | record now; the profile file is the body |
 //! | `GET /v1/history?last=10m[&pid=P][&container=ID][&pod_uid=U][&pod=NS/NAME]` | the local history's profiles, merged, as gzipped pprof |
 
 use std::{
@@ -37,7 +37,7 @@ use tokio::{
 };
 
 use super::{API_PREFIX, Filter, ProfileFile, Refusal, Request};
-use crate::deliver::OutputFormat;
+use crate::{deliver::OutputFormat, event::Event};
 
 type Requests = mpsc::Sender<Request>;
 
@@ -284,6 +284,16 @@ impl Params {
         })
     }
 
+    /// `event=NAME`; CPU when absent.
+    fn event(&self) -> Result<Event, Refusal> {
+        match self.values.get("event") {
+            None => Ok(Event::Cpu),
+            Some(text) => text
+                .parse()
+                .map_err(|err| Refusal::BadRequest(format!("`event={text}`: {err}"))),
+        }
+    }
+
     fn format(&self) -> Result<OutputFormat, Refusal> {
         match self.values.get("format").map(String::as_str) {
             None | Some("svg") => Ok(OutputFormat::Svg),
@@ -323,14 +333,29 @@ async fn capture(
     State(requests): State<Requests>,
     Query(values): Query<HashMap<String, String>>,
 ) -> Response {
-    let known = ["duration", "pid", "container", "pod_uid", "pod", "format"];
-    let parsed = Params::new(values, &known)
-        .and_then(|p| Ok((p.duration("duration", None)?, p.filter()?, p.format()?)));
-    let (duration, filter, format) = match parsed {
+    let known = [
+        "duration",
+        "event",
+        "pid",
+        "container",
+        "pod_uid",
+        "pod",
+        "format",
+    ];
+    let parsed = Params::new(values, &known).and_then(|p| {
+        Ok((
+            p.event()?,
+            p.duration("duration", None)?,
+            p.filter()?,
+            p.format()?,
+        ))
+    });
+    let (event, duration, filter, format) = match parsed {
         Ok(parsed) => parsed,
         Err(err) => return refusal(err),
     };
     let answer = ask(&requests, |reply| Request::Capture {
+        event,
         duration,
         filter,
         format,
@@ -344,15 +369,16 @@ async fn history(
     State(requests): State<Requests>,
     Query(values): Query<HashMap<String, String>>,
 ) -> Response {
-    let known = ["last", "pid", "container", "pod_uid", "pod"];
-    let parsed =
-        Params::new(values, &known).and_then(|p| Ok((p.duration("last", None)?, p.filter()?)));
-    let (last, filter) = match parsed {
+    let known = ["last", "event", "pid", "container", "pod_uid", "pod"];
+    let parsed = Params::new(values, &known)
+        .and_then(|p| Ok((p.event()?, p.duration("last", None)?, p.filter()?)));
+    let (event, last, filter) = match parsed {
         Ok(parsed) => parsed,
         Err(err) => return refusal(err),
     };
     answer_file(
         ask(&requests, |reply| Request::History {
+            event,
             last,
             filter,
             reply,

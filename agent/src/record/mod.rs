@@ -109,7 +109,7 @@ pub async fn record(options: RecordOptions) -> anyhow::Result<RecordReport> {
     let progress = Progress::start();
     let stopped_by = collect(&mut collector, &options, child, &progress).await?;
     let elapsed = started.elapsed();
-    collector.stop(|_| {}).context("stopping the probes")?;
+    collector.stop(|_, _| {}).context("stopping the probes")?;
     let kernel = collector.probes().counters()?;
     let net = collector.probes().net_counters()?;
     let unwind = collector.unwind_stats();
@@ -185,9 +185,9 @@ async fn collect(
         tokio::select! {
             ready = collector.ready() => {
                 let ring = ready.context("waiting on the ring buffers")?;
-                collector.drain_ready(ring, |_| {})?;
+                collector.drain_ready(ring, |_, _| {})?;
             }
-            _ = drain_tick.tick() => collector.drain(|_| {})?,
+            _ = drain_tick.tick() => collector.drain(|_, _| {})?,
             () = &mut deadline => return Ok(StopReason::DurationElapsed),
             exit = &mut command_exit => {
                 return Ok(StopReason::CommandExited(exit.context("waiting for the command")?));

@@ -143,7 +143,7 @@ impl Agent<'_> {
                 ready = self.collector.ready() => {
                     let ring = ready.context("waiting on the ring buffers")?;
                     let oncall = &mut self.oncall;
-                    self.collector.drain_ready(ring, |record| oncall.tee(record))?;
+                    self.collector.drain_ready(ring, |ring, record| oncall.tee(ring, record))?;
                 }
                 Some(request) = control_rx.recv() => self.control(request)?,
                 _ = oncall_tick.tick() => {
@@ -155,7 +155,7 @@ impl Agent<'_> {
                 }
                 _ = drain_tick.tick() => {
                     let oncall = &mut self.oncall;
-                    self.collector.drain(|record| oncall.tee(record))?;
+                    self.collector.drain(|ring, record| oncall.tee(ring, record))?;
                 }
                 _ = export_tick.tick() => {
                     self.drain_cpu();
@@ -192,7 +192,7 @@ impl Agent<'_> {
     fn stop(&mut self) -> anyhow::Result<()> {
         let oncall = &mut self.oncall;
         self.collector
-            .stop(|record| oncall.tee(record))
+            .stop(|ring, record| oncall.tee(ring, record))
             .context("stopping the probes")?;
         self.oncall.finish_all();
         self.collector.report(&self.telemetry);
@@ -202,7 +202,8 @@ impl Agent<'_> {
 
     fn drain_cpu(&mut self) {
         let oncall = &mut self.oncall;
-        self.collector.drain_cpu(|record| oncall.tee(record));
+        self.collector
+            .drain_cpu(|ring, record| oncall.tee(ring, record));
     }
 
     fn sync_probes(&mut self) -> anyhow::Result<()> {
@@ -233,10 +234,11 @@ impl Agent<'_> {
 }
 
 /// What the on-call status reports of the agent.
-fn view<'a>(collector: &Collector, history: &'a History) -> oncall::Agent<'a> {
+fn view<'a>(collector: &'a Collector, history: &'a History) -> oncall::Agent<'a> {
     oncall::Agent {
         attached_cpus: collector.probes().attached_cpus(),
         samples: collector.pipeline().total_samples(),
         history,
+        network: collector.pipeline().network(),
     }
 }

@@ -8,6 +8,8 @@ use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 
 use crate::{
+    aggregate::network::NetAggregator,
+    collect::Ready,
     config::{Config, Mode},
     control::{Filter, ProfileFile, Refusal, Request, Status},
     deliver::retention::History,
@@ -20,6 +22,7 @@ use crate::{
 };
 
 struct Capture {
+    event: Event,
     until: Instant,
     started: Instant,
     started_wall: SystemTime,
@@ -48,6 +51,8 @@ pub struct Agent<'a> {
     pub attached_cpus: usize,
     pub samples: u64,
     pub history: &'a History,
+    /// The main pipeline's event aggregator, which captures of events fork.
+    pub network: Option<&'a NetAggregator>,
 }
 
 impl OnCall {
@@ -75,10 +80,16 @@ impl OnCall {
         self.enabled(now) || !self.captures.is_empty()
     }
 
-    /// Hands a CPU ring record to the running captures.
-    pub fn tee(&mut self, record: &[u8]) {
+    /// Hands a ring record to the running captures of its ring.
+    pub fn tee(&mut self, ring: Ready, record: &[u8]) {
         for capture in &mut self.captures {
-            capture.pipeline.ingest(record);
+            match (ring, capture.event) {
+                (Ready::Cpu, Event::Cpu) => capture.pipeline.ingest(record),
+                (Ready::Network, event) if event != Event::Cpu => {
+                    capture.pipeline.ingest_net(record)
+                }
+                _ => {}
+            }
         }
     }
 
@@ -153,6 +164,7 @@ impl OnCall {
                 Some(Deferred::Status(reply))
             }
             Request::Capture {
+                event,
                 duration,
                 filter,
                 format,
@@ -165,10 +177,16 @@ impl OnCall {
                         return None;
                     }
                 };
-                let refusal = if !self.events.contains(&Event::Cpu) {
-                    Some(Refusal::Conflict(
-                        "this agent does not sample CPU (events has no `cpu`)".into(),
-                    ))
+                let refusal = if !self.events.contains(&event) {
+                    Some(Refusal::Conflict(format!(
+                        "this agent does not collect {event} (its events are {}); add `{event}` \
+                         to `events` in its configuration",
+                        self.events
+                            .iter()
+                            .map(|e| e.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
                 } else if duration > self.max_capture {
                     Some(Refusal::BadRequest(format!(
                         "{} is longer than control.max_capture ({})",
@@ -188,26 +206,32 @@ impl OnCall {
                     let _ = reply.send(Err(refusal));
                     return None;
                 }
+                // A capture is short: it affords DWARF lines and inlined frames.
+                let mut pipeline = Pipeline::new(self.process_limits, Symbolizer::default());
+                if let Some(network) = agent.network.filter(|_| event.is_ring_event()) {
+                    pipeline = pipeline.with_network(network.fork(event));
+                }
                 self.captures.push(Capture {
+                    event,
                     until: now + duration,
                     started: now,
                     started_wall: SystemTime::now(),
                     filter,
                     format,
-                    // A capture is short: it affords DWARF lines and inlined frames.
-                    pipeline: Pipeline::new(self.process_limits, Symbolizer::default()),
+                    pipeline,
                     reply,
                 });
                 None
             }
             Request::History {
+                event,
                 last,
                 filter,
                 reply,
             } => {
                 let answer = filter
                     .resolve_pod(self.pods.as_ref())
-                    .and_then(|filter| history(agent.history, last, &filter));
+                    .and_then(|filter| history(agent.history, event, last, &filter));
                 let _ = reply.send(answer);
                 None
             }
@@ -251,19 +275,29 @@ pub enum Deferred {
 
 fn finish_capture(mut capture: Capture, frequency_hz: u64) {
     let elapsed = capture.started.elapsed();
-    let profile = capture.pipeline.profile(ProfileMeta {
-        event: Event::Cpu,
+    let event = capture.event;
+    let meta = ProfileMeta {
+        event,
         period_ns: 1_000_000_000 / frequency_hz,
         start_unix_ns: capture
             .started_wall
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
         duration_ns: elapsed.as_nanos() as u64,
-    });
+    };
+    let profile = capture
+        .pipeline
+        .event_profile(event, meta)
+        .unwrap_or_default();
     let kept = capture.filter.samples(&profile);
     let answer = if kept.is_empty() {
+        let nothing = match event {
+            Event::Cpu => "nothing chosen ran on a CPU".to_owned(),
+            Event::OffCpu => "nothing chosen blocked for off_cpu.min_block or longer".to_owned(),
+            event => format!("nothing chosen had a {event} event"),
+        };
         Err(Refusal::NotFound(format!(
-            "no samples in {:.0} s{}: nothing chosen ran on a CPU",
+            "no {event} samples in {:.0} s{}: {nothing}",
             elapsed.as_secs_f64(),
             if capture.filter.is_empty() {
                 String::new()
@@ -273,13 +307,26 @@ fn finish_capture(mut capture: Capture, frequency_hz: u64) {
         )))
     } else {
         let profile = profile.subset(&kept);
-        let svg = SvgOptions {
-            title: "Hearth CPU flamegraph (capture)".into(),
-            subtitle: Some(format!(
+        let subtitle = match event {
+            Event::Cpu => format!(
                 "{} samples at {frequency_hz} Hz over {:.1} s",
                 profile.total_samples(),
                 elapsed.as_secs_f64()
-            )),
+            ),
+            event => format!(
+                "{} {} over {:.1} s",
+                profile.total_samples(),
+                event.unit_label(),
+                elapsed.as_secs_f64()
+            ),
+        };
+        let title = match event {
+            Event::Cpu => "Hearth CPU flamegraph (capture)".to_owned(),
+            event => format!("Hearth {event} flamegraph (capture)"),
+        };
+        let svg = SvgOptions {
+            title,
+            subtitle: Some(subtitle),
         };
         let mut bytes = Vec::new();
         deliver::write_profile(&profile, capture.format, &svg, &mut bytes)
@@ -292,19 +339,24 @@ fn finish_capture(mut capture: Capture, frequency_hz: u64) {
     let _ = capture.reply.send(answer);
 }
 
-fn history(history: &History, last: Duration, filter: &Filter) -> Result<ProfileFile, Refusal> {
+fn history(
+    history: &History,
+    event: Event,
+    last: Duration,
+    filter: &Filter,
+) -> Result<ProfileFile, Refusal> {
     let since = SystemTime::now() - last;
     let entries = history.query(since, |entry| {
         filter.labels_match(&entry.labels)
             && entry
                 .labels
                 .iter()
-                .any(|(k, v)| k == "__name__" && v == Event::Cpu.series_name())
+                .any(|(k, v)| k == "__name__" && v == event.series_name())
     });
     if entries.is_empty() {
         return Err(Refusal::NotFound(format!(
-            "the local history has no CPU profiles from the last {}{} (it keeps history.max_age \
-             and history.max_bytes)",
+            "the local history has no {event} profiles from the last {}{} (it keeps \
+             history.max_age and history.max_bytes)",
             humantime::format_duration(last),
             if filter.is_empty() {
                 String::new()

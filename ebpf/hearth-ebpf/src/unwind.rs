@@ -153,9 +153,9 @@ pub fn cpu_unwind(ctx: PerfEventContext) -> u32 {
 
 /// Walks the next frames of the stack in `state` into `frames` (after
 /// the header's kernel frames), then tail-calls slot 0 of `programs` (this
-/// program) to go on. Returns true once the walk has ended (`state.frames`
-/// frames in all, the outcome in `header.unwind` and counted), false if
-/// the record is to be dropped.
+/// program) to go on. Returns once the walk has ended, true, with
+/// `state.frames` frames in all and the outcome in `header.unwind`,
+/// counted.
 #[inline(always)]
 pub(crate) fn walk<C: EbpfContext>(
     ctx: &C,
@@ -164,10 +164,9 @@ pub(crate) fn walk<C: EbpfContext>(
     header: &mut SampleHeader,
     frames: &mut [u64; 2 * MAX_STACK_DEPTH],
 ) -> bool {
+    // Not checked against MAX_STACK_DEPTH here: the compiler would then
+    // drop the index mask below, which 5.10's verifier needs to see.
     let kernel = header.kernel_frames as u32;
-    if kernel > MAX_STACK_DEPTH as u32 {
-        return false;
-    }
     let tables = process_tables(header.tgid, header.process_start_ns, header.exec_id);
     let mut outcome = None;
     for _ in 0..UNWIND_FRAMES_PER_CALL {

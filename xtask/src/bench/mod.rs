@@ -14,6 +14,8 @@
 
 mod report;
 mod tools;
+
+pub use tools::available;
 mod workloads;
 
 use std::{
@@ -188,8 +190,19 @@ pub fn run(root: &Path, settings: &Settings) -> anyhow::Result<()> {
         micro,
         took: started.elapsed(),
     };
-    let text = report::markdown(&results, settings);
+    let mut text = report::markdown(&results, settings);
     println!("{text}");
+    // The off-CPU storm is measured by its own harness: keep its section.
+    let old = std::fs::read_to_string(&settings.output).unwrap_or_default();
+    if let Some(section) = crate::switchbench::section_of(&old) {
+        text = format!(
+            "{}
+
+{section}
+",
+            text.trim_end()
+        );
+    }
     std::fs::write(&settings.output, &text)
         .with_context(|| format!("writing {}", settings.output.display()))?;
     eprintln!("bench: wrote {}", settings.output.display());
