@@ -251,7 +251,7 @@ fn run_exports_off_cpu_time_and_ctl_captures_it() {
     {
         let pid = resource["attributes"]["process.pid"].as_u64();
         for profile in resource["profiles"].as_array().unwrap() {
-            if profile["sample_type"].to_string() != r#"["off_cpu","nanoseconds"]"# {
+            if profile["sample_type"] != serde_json::json!(["off_cpu", "nanoseconds"]) {
                 continue;
             }
             notes = Some(profile["attributes"].clone());

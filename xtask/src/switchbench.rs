@@ -31,12 +31,14 @@ enum Profiler {
     Perf,
 }
 
+const PERF_NAME: &str = "perf record -e sched:sched_switch -g -a -o - (to /dev/null)";
+
 impl Profiler {
     fn name(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Hearth => "hearth record --event off-cpu (defaults)",
-            Self::Perf => "perf record -e sched:sched_switch -g -a",
+            Self::Perf => PERF_NAME,
         }
     }
 }
@@ -110,9 +112,19 @@ fn start(profiler: Profiler, hearth: &Path, dir: &Path) -> anyhow::Result<Option
             command
         }
         Profiler::Perf => {
+            // Written to a pipe that discards it: at hundreds of thousands
+            // of switches a second the file would fill the disk.
             let mut command = Command::new("perf");
-            command.args(["record", "-e", "sched:sched_switch", "-g", "-a", "-q", "-o"]);
-            command.arg(dir.join("perf.data"));
+            command.args([
+                "record",
+                "-e",
+                "sched:sched_switch",
+                "-g",
+                "-a",
+                "-q",
+                "-o",
+                "-",
+            ]);
             command
         }
     };

@@ -208,6 +208,7 @@ pub(crate) mod fixtures {
                     labels: vec![],
                 },
             ],
+            notes: vec![],
         }
     }
 

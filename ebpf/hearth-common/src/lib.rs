@@ -191,5 +191,5 @@ mod user {
     unsafe impl aya::Pod for super::unwind::ProcessUnwind {}
     unsafe impl aya::Pod for super::net::SocketOwner {}
     unsafe impl aya::Pod for super::net::OffCpuConfig {}
-    unsafe impl aya::Pod for super::net::BlockedThread {}
+    unsafe impl aya::Pod for super::net::ThreadSlot {}
 }

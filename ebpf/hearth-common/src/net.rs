@@ -183,6 +183,8 @@ pub mod hooks {
     /// Debian's 6.12 does not); before, it fires for segments that went
     /// out only.
     pub const RETRANSMIT_ERROR: u32 = 8;
+    /// `sched_switch` passes `prev_state` (Linux 5.18 and later).
+    pub const SWITCH_PREV_STATE: u32 = 16;
 }
 
 /// Who owns a socket: learned in task context (send, receive, connect) and
@@ -218,7 +220,8 @@ pub enum NetCounter {
     OffCpuSampledOut = 5,
     /// Sampled blocks shorter than the minimum block time.
     OffCpuShort = 6,
-    /// Sampled blocks lost because the map of blocked threads was full.
+    /// Sampled blocks not timed: another thread blocked in the same slot
+    /// of the thread table before this one came back.
     OffCpuPendingFull = 7,
 }
 
@@ -245,24 +248,36 @@ pub struct OffCpuConfig {
     /// A block is sampled when `bpf_get_prandom_u32() < threshold`:
     /// the probability times 2^32 (2^32: every block).
     pub threshold: u64,
-    /// `task_struct.__state` (`state` before 5.14): 0 while runnable.
+    /// `task_struct.__state` (`state` before 5.14): 0 while runnable
+    /// (read where `sched_switch` does not pass `prev_state`).
     pub task_state: u32,
-    pub _pad: u32,
+    /// Slots of the thread table minus one (a power of two minus one).
+    pub slot_mask: u32,
 }
 const _: () = assert!(core::mem::size_of::<OffCpuConfig>() == 24);
 
 /// `OffCpuConfig::threshold` that samples every block.
 pub const OFF_CPU_ALWAYS: u64 = 1 << 32;
 
-/// A thread blocked, by tid, until it switches back in.
+/// A thread's slot in the off-CPU program's table, at `tid & slot_mask`
+/// (a direct-mapped table: no hashing and no locks in the scheduler; two
+/// threads blocked at once in one slot are counted, the older one is not
+/// timed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BlockedThread {
-    /// `bpf_ktime_get_ns()` when it switched out.
+pub struct ThreadSlot {
+    pub tid: u32,
+    /// The agent's attach count when written: older slots are empty.
+    pub epoch: u32,
+    /// `bpf_ktime_get_ns()` when it switched out; 0 while it runs.
     pub since_ns: u64,
-    pub process_start_ns: u64,
-    pub cgroup_id: u64,
+    /// Where it last blocked with a stack the agent was sent: the user
+    /// instruction, stack and frame pointers, and the agent's stack
+    /// generation then (all 0: none).
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub generation: u32,
     pub tgid: u32,
-    pub exec_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<BlockedThread>() == 32);
+const _: () = assert!(core::mem::size_of::<ThreadSlot>() == 48);

@@ -21,7 +21,7 @@ use hearth_common::{
 
 use crate::{
     net::{CALL_SITES, scratch, site_key, submit},
-    offcpu::BLOCKED_THREADS,
+    offcpu::thread_slot,
     unwind::{walk, walk_state},
 };
 
@@ -64,11 +64,17 @@ fn walk_event<C: EbpfContext>(ctx: &C, programs: &ProgramArray, walker: u32) {
         return;
     }
     let tid = event.header.tid;
-    if let Some(kind) = NetEventKind::from_u16(event.info.kind) {
-        let _ = CALL_SITES.remove(site_key(tid, kind));
-        if kind == NetEventKind::OffCpu {
-            let _ = BLOCKED_THREADS.remove(tid);
+    match NetEventKind::from_u16(event.info.kind) {
+        Some(NetEventKind::OffCpu) => {
+            if let Some(slot) = thread_slot(tid) {
+                slot.ip = 0;
+                slot.since_ns = 0;
+            }
         }
+        Some(kind) => {
+            let _ = CALL_SITES.remove(site_key(tid, kind));
+        }
+        None => {}
     }
 }
 

@@ -68,7 +68,7 @@ pub(crate) static NET_CONFIG: Global<NetConfig> = Global::new(NetConfig {
 static NET_HOOK_ARGS: Global<u32> = Global::new(0);
 
 #[inline(always)]
-fn has_arg(bit: u32) -> bool {
+pub(crate) fn has_arg(bit: u32) -> bool {
     NET_HOOK_ARGS.load() & bit != 0
 }
 
@@ -89,7 +89,7 @@ pub(crate) static CALL_SITES: LruHashMap<u64, CallSite> = LruHashMap::with_max_e
 /// The agent's stack-cache generation: bumped when it forgets the stacks
 /// `CALL_SITES` points at, so every thread walks afresh.
 #[map]
-static STACK_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+pub(crate) static STACK_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 static NET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NetCounter::COUNT, 0);
@@ -311,18 +311,40 @@ fn task_event<C: EbpfContext>(
         submit(event, 0, true);
         return;
     }
-    let key = reusable.then_some(site_key);
     let mut cacheable = false;
     if let Some(site) = &site {
-        cacheable = walk_with_tables(ctx, programs, WALK_TASK_EVENT, slot, event, site, key);
+        match plan_walk(&mut event.header) {
+            Walk::FramePointers { reusable: fp } => cacheable = fp,
+            Walk::Tables { reusable: tables } => {
+                // The unwinder takes the site back if the record is lost.
+                let cached = reusable && tables;
+                if cached {
+                    let _ = CALL_SITES.insert(site_key, *site, 0);
+                }
+                start_walk(
+                    ctx,
+                    programs,
+                    WALK_TASK_EVENT,
+                    slot,
+                    site.ip,
+                    site.sp,
+                    site.bp,
+                    0,
+                );
+                if cached {
+                    let _ = CALL_SITES.remove(site_key); // the tail call failed
+                }
+            }
+        }
     }
     let frames = user_stack(ctx, event, 0);
     if submit(event, frames, false)
         && frames > 0
         && cacheable
-        && let (Some(key), Some(site)) = (key, site)
+        && reusable
+        && let Some(site) = site
     {
-        let _ = CALL_SITES.insert(key, site, 0);
+        let _ = CALL_SITES.insert(site_key, site, 0);
     }
 }
 
@@ -332,49 +354,34 @@ pub(crate) fn site_key(tid: u32, kind: NetEventKind) -> u64 {
     u64::from(tid) << 32 | kind as u64
 }
 
-/// When the unwind mode and the process's tables call for it, starts the
-/// table walk of the user stack at `site` for `event`, in scratch slot
-/// `slot`: then this does not return (the unwinder writes the record).
-/// Otherwise, or if the tail call fails, returns for the frame-pointer
-/// walk, and whether its stack may be reused for later calls from the
-/// same site (only in frame-pointer mode: in the other modes a process
-/// without tables yet gets its stack walked again once it has them).
-/// A table walk's stack is reused: `cache_key`, when given, is set to
-/// `site` before the walk, and taken back if the record is lost.
+/// How a user stack is walked, by the unwind mode and whether the agent
+/// has loaded the process's tables (a process without them is flagged
+/// for the agent to load them).
+pub(crate) enum Walk {
+    /// The kernel's frame-pointer walk; `reusable`: its stack may serve
+    /// later calls from the same site (in frame-pointer mode only: in the
+    /// other modes the process is walked again once it has tables).
+    FramePointers { reusable: bool },
+    /// The table walker; `reusable` when the process has tables.
+    Tables { reusable: bool },
+}
+
 #[inline(always)]
-pub(crate) fn walk_with_tables<C: EbpfContext>(
-    ctx: &C,
-    programs: &ProgramArray,
-    walker: u32,
-    slot: u32,
-    event: &mut NetEvent,
-    site: &CallSite,
-    cache_key: Option<u64>,
-) -> bool {
+pub(crate) fn plan_walk(header: &mut SampleHeader) -> Walk {
     let mode = SAMPLER_CONFIG.load().unwind_mode;
     if mode == UnwindMode::FramePointers as u8 {
-        return true;
+        return Walk::FramePointers { reusable: true };
     }
-    let header = &mut event.header;
     let known = process_tables(header.tgid, header.process_start_ns, header.exec_id).is_some();
     if !known {
         header.flags |= SAMPLE_NEEDS_TABLES;
     }
     if known || mode == UnwindMode::Dwarf as u8 {
         header.unwind = UnwindOutcome::FramePointers as u8;
-        let kernel = header.kernel_frames as u32;
-        let cache_key = cache_key.filter(|_| known);
-        if let Some(key) = cache_key {
-            let _ = CALL_SITES.insert(key, *site, 0);
-        }
-        start_walk(
-            ctx, programs, walker, slot, site.ip, site.sp, site.bp, kernel,
-        );
-        if let Some(key) = cache_key {
-            let _ = CALL_SITES.remove(key); // the tail call failed
-        }
+        Walk::Tables { reusable: known }
+    } else {
+        Walk::FramePointers { reusable: false }
     }
-    false
 }
 
 /// The kernel's frame-pointer walk of the user stack into `event`, after

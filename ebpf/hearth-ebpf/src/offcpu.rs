@@ -1,27 +1,31 @@
 //! Off-CPU time: `sched_switch` sees a thread block (switch out while not
-//! runnable) and come back (switch in). A sampled block of a thread in
-//! scope is remembered in `BLOCKED_THREADS`; its stack, kernel and user,
-//! is written to `NET_EVENTS` as the thread switches out, unless the
-//! thread blocked at the same call site last time (same user registers),
-//! whose stack the agent already has. As the thread switches back in, a
-//! block that lasted at least the minimum is written as its time, on the
-//! thread's last stack.
+//! runnable) and come back (switch in). The scheduler runs this on every
+//! context switch, so the common paths touch one slot of a direct-mapped
+//! thread table (`THREAD_SLOTS`, no hashing and no locks) and read the
+//! user registers in one go:
+//! - switching out, a sampled thread of the scope notes when; if it
+//!   blocks somewhere else than where it last did with a stack the agent
+//!   was sent (other user registers), its stack, kernel and user, is
+//!   walked and written to `NET_EVENTS` now;
+//! - switching back in, a block of at least the minimum is written as its
+//!   time, on the thread's last stack.
 
 use aya_ebpf::{
     EbpfContext, Global,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_get_current_task, bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_stack,
+        bpf_ktime_get_ns,
     },
     macros::{btf_tracepoint, map},
-    maps::HashMap,
+    maps::Array,
     programs::BtfTracePointContext,
 };
 use hearth_common::{
-    SampleHeader,
+    MAX_STACK_DEPTH, SampleHeader,
     net::{
-        BlockedThread, FLAG_SAME_STACK, NetCounter, NetEventInfo, NetEventKind, OFF_CPU_ALWAYS,
-        OffCpuConfig,
+        FLAG_SAME_STACK, NetCounter, NetEventInfo, NetEventKind, OFF_CPU_ALWAYS, OffCpuConfig,
+        ThreadSlot, hooks,
     },
     unwind::WALK_OFF_CPU,
 };
@@ -30,10 +34,11 @@ use crate::{
     cpu::{SAMPLER_CONFIG, cgroup_allowed, is_traced},
     events::OFF_CPU_UNWIND,
     net::{
-        CALL_SITES, SKIP_TRACING_FRAMES, SLOT_OFF_CPU_IN, SLOT_OFF_CPU_OUT, STACK_BYTES, call_site,
-        count, scratch, site_key, submit, user_stack, walk_with_tables,
+        SKIP_TRACING_FRAMES, SLOT_OFF_CPU_IN, SLOT_OFF_CPU_OUT, STACK_BYTES, STACK_GENERATION,
+        Walk, count, has_arg, plan_walk, scratch, submit, user_stack,
     },
-    task::{process_identity, read_field},
+    task::{process_identity, read_field, user_registers},
+    unwind::start_walk,
 };
 
 /// Set by the agent at load time.
@@ -42,45 +47,70 @@ static OFF_CPU_CONFIG: Global<OffCpuConfig> = Global::new(OffCpuConfig {
     min_ns: 0,
     threshold: 0,
     task_state: 0,
-    _pad: 0,
+    slot_mask: 0,
 });
 
-/// Sampled threads blocked now, by tid; size set by the agent
-/// (`off_cpu.max_blocked_threads`). Preallocated (no allocation in the
-/// scheduler); emptied by the agent whenever the program is attached.
+/// The thread table, a slot per `tid & slot_mask`; size set by the agent
+/// (`off_cpu.max_blocked_threads`, rounded up to a power of two).
 #[map]
-pub(crate) static BLOCKED_THREADS: HashMap<u32, BlockedThread> = HashMap::with_max_entries(1, 0);
+pub(crate) static THREAD_SLOTS: Array<ThreadSlot> = Array::with_max_entries(1, 0);
 
-/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...)`,
+/// Slot 0: the agent's attach count. Slots written before the current
+/// attach are empty (a thread that blocked while detached is not timed
+/// from then).
+#[map]
+pub(crate) static OFF_CPU_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next[, unsigned int prev_state])`,
 /// in the context of `prev`.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn off_cpu(ctx: BtfTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
-    switched_in(next);
+    let epoch = OFF_CPU_EPOCH.get(0).copied().unwrap_or(0);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    switched_in(next, epoch, now);
     if preempt & 0xff == 0 {
-        switched_out(&ctx, prev);
+        let state: u32 = if has_arg(hooks::SWITCH_PREV_STATE) {
+            ctx.arg(3)
+        } else {
+            // SAFETY: `prev` is the current task_struct; offset from BTF.
+            // The low half of `state` (a long before 5.14) holds the bits.
+            unsafe { read_field(prev, OFF_CPU_CONFIG.load().task_state) }.unwrap_or(0)
+        };
+        switched_out(&ctx, state, epoch, now);
     }
     0
 }
 
+/// The slot of `tid`.
+#[inline(always)]
+pub(crate) fn thread_slot(tid: u32) -> Option<&'static mut ThreadSlot> {
+    let index = tid & OFF_CPU_CONFIG.load().slot_mask;
+    // SAFETY: an array slot; a thread's slot is written by the CPU it
+    // switches on, one switch at a time.
+    THREAD_SLOTS
+        .get_ptr_mut(index)
+        .map(|slot| unsafe { &mut *slot })
+}
+
 /// `next` runs again: a block that lasted long enough is written.
 #[inline(always)]
-fn switched_in(next: *const u8) {
+fn switched_in(next: *const u8, epoch: u32, now: u64) {
     let offsets = SAMPLER_CONFIG.load().task;
-    // SAFETY: `next` is the task_struct the tracepoint passed; offset from BTF.
-    let Ok(tid) = (unsafe { read_field::<u32>(next, offsets.pid) }) else {
+    // SAFETY: `next` is the BTF-typed task_struct the tracepoint passed,
+    // loaded directly at its field's offset from BTF.
+    let tid = unsafe { *(next.add(offsets.pid as usize) as *const u32) };
+    let Some(slot) = thread_slot(tid) else {
         return;
     };
-    // SAFETY: copied out at once.
-    let Some(blocked) = BLOCKED_THREADS.get_ptr(tid).map(|b| unsafe { *b }) else {
+    if slot.tid != tid || slot.since_ns == 0 || slot.epoch != epoch {
         return;
-    };
-    let _ = BLOCKED_THREADS.remove(tid);
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let blocked_ns = now.saturating_sub(blocked.since_ns);
+    }
+    let blocked_ns = now.saturating_sub(slot.since_ns);
+    slot.since_ns = 0;
     if blocked_ns < OFF_CPU_CONFIG.load().min_ns {
         count(NetCounter::OffCpuShort);
         return;
@@ -96,95 +126,109 @@ fn switched_in(next: *const u8) {
     };
     event.header = SampleHeader {
         timestamp_ns: now,
-        cgroup_id: blocked.cgroup_id,
-        process_start_ns: blocked.process_start_ns,
-        tgid: blocked.tgid,
+        tgid: slot.tgid,
         tid,
         // SAFETY: no preconditions.
         cpu: unsafe { bpf_get_smp_processor_id() },
-        exec_id: blocked.exec_id,
         ..SampleHeader::default()
     };
     submit(event, 0, true);
 }
 
-/// The current task (`prev`) switches out: if it blocks, in scope, and the
-/// sampling picks it, remember when, and write its stack unless the agent
+/// The current task switches out in `state`: if it blocks, in scope, and
+/// the sampling picks it, note when, and write its stack unless the agent
 /// has it already.
 #[inline(always)]
-fn switched_out(ctx: &BtfTracePointContext, prev: *const u8) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if tid == 0 {
-        return;
-    }
-    let off_cpu = OFF_CPU_CONFIG.load();
-    // SAFETY: `prev` is the current task_struct; offset from BTF. The low
-    // half of `state` (a long before 5.14) holds the same bits.
-    let state: u32 = unsafe { read_field(prev, off_cpu.task_state) }.unwrap_or(0);
+fn switched_out(ctx: &BtfTracePointContext, state: u32, epoch: u32, now: u64) {
     // Runnable (preempted, or yielding) is not blocked; TASK_DEAD (0x80)
     // never comes back.
     if state == 0 || state & 0x80 != 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if tid == 0 {
         return;
     }
     let config = SAMPLER_CONFIG.load();
     if tgid == config.ignored_tgid || (config.filter_tgids != 0 && !is_traced(tgid)) {
         return;
     }
-    // SAFETY: no preconditions.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if !cgroup_allowed(&config, cgroup_id) {
-        return;
+    let off_cpu = OFF_CPU_CONFIG.load();
+    if off_cpu.threshold < OFF_CPU_ALWAYS {
+        // SAFETY: no preconditions.
+        if u64::from(unsafe { bpf_get_prandom_u32() }) >= off_cpu.threshold {
+            count(NetCounter::OffCpuBlocks);
+            count(NetCounter::OffCpuSampledOut);
+            return;
+        }
+    }
+    if config.filter_cgroups != 0 {
+        // SAFETY: no preconditions.
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        if !cgroup_allowed(&config, cgroup_id) {
+            return;
+        }
     }
     // A kernel thread has no user registers, and is not what a service waits in.
-    let Some(site) = call_site(core::ptr::null()) else {
+    let Some((ip, sp, bp)) = user_registers(&config) else {
         return;
     };
     count(NetCounter::OffCpuBlocks);
-    // SAFETY: no preconditions.
-    if off_cpu.threshold < OFF_CPU_ALWAYS
-        && u64::from(unsafe { bpf_get_prandom_u32() }) >= off_cpu.threshold
-    {
-        count(NetCounter::OffCpuSampledOut);
+    let Some(slot) = thread_slot(tid) else {
         return;
+    };
+    if slot.tid != tid {
+        if slot.since_ns != 0 && slot.epoch == epoch {
+            count(NetCounter::OffCpuPendingFull); // the other thread's block is lost
+        }
+        *slot = ThreadSlot {
+            tid,
+            tgid,
+            ..ThreadSlot::default()
+        };
     }
+    slot.since_ns = now;
+    slot.epoch = epoch;
+    slot.tgid = tgid;
+    let generation = STACK_GENERATION.get(0).copied().unwrap_or(0) as u32;
+    if slot.ip == ip && slot.sp == sp && slot.bp == bp && slot.generation == generation {
+        return; // the agent has this stack: the time will go on it
+    }
+    walk_stack(ctx, slot, tgid, tid, now, (ip, sp, bp), generation);
+}
+
+/// Writes the stack of the current task, blocking now at `registers`,
+/// and remembers it in its slot when it can be reused.
+#[inline(always)]
+fn walk_stack(
+    ctx: &BtfTracePointContext,
+    slot: &mut ThreadSlot,
+    tgid: u32,
+    tid: u32,
+    now: u64,
+    (ip, sp, bp): (u64, u64, u64),
+    generation: u32,
+) {
+    let Some(event) = scratch(SLOT_OFF_CPU_OUT) else {
+        slot.since_ns = 0;
+        return;
+    };
+    let config = SAMPLER_CONFIG.load();
     // SAFETY: the current task, offsets from BTF.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let task = unsafe { bpf_get_current_task() } as *const u8;
     let (start, exec_id) = process_identity(task, &config.task).unwrap_or_else(|_| {
         count(NetCounter::ReadError);
         (0, 0)
     });
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let blocked = BlockedThread {
-        since_ns: now,
-        process_start_ns: start,
-        cgroup_id,
-        tgid,
-        exec_id,
-    };
-    if BLOCKED_THREADS.insert(tid, blocked, 0).is_err() {
-        count(NetCounter::OffCpuPendingFull);
-        return;
-    }
-    let key = site_key(tid, NetEventKind::OffCpu);
-    if let Some(last) = CALL_SITES.get_ptr(key)
-        // SAFETY: a map value, compared in place.
-        && unsafe { *last } == site
-    {
-        return; // the agent has this stack: the time will go on it
-    }
-    let Some(event) = scratch(SLOT_OFF_CPU_OUT) else {
-        let _ = BLOCKED_THREADS.remove(tid);
-        return;
-    };
     event.info = NetEventInfo {
         kind: NetEventKind::OffCpu as u16,
         ..NetEventInfo::default()
     };
     event.header = SampleHeader {
         timestamp_ns: now,
-        cgroup_id,
+        // SAFETY: no preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         process_start_ns: start,
         tgid,
         tid,
@@ -209,24 +253,37 @@ fn switched_out(ctx: &BtfTracePointContext, prev: *const u8) {
             kernel = ret as usize / 8;
         }
     }
-    if kernel > hearth_common::MAX_STACK_DEPTH {
-        let _ = BLOCKED_THREADS.remove(tid);
+    if kernel > MAX_STACK_DEPTH {
+        slot.since_ns = 0;
         return;
     }
     event.header.kernel_frames = kernel as u16;
-    let cacheable = walk_with_tables(
-        ctx,
-        &OFF_CPU_UNWIND,
-        WALK_OFF_CPU,
-        SLOT_OFF_CPU_OUT,
-        event,
-        &site,
-        Some(key),
-    );
+    let mut reusable = false;
+    match plan_walk(&mut event.header) {
+        Walk::FramePointers { reusable: fp } => reusable = fp,
+        Walk::Tables { reusable: tables } => {
+            // A table walk's stack is reused: the slot says so before the
+            // walk (the unwinder takes it back if the record is lost).
+            if tables {
+                (slot.ip, slot.sp, slot.bp, slot.generation) = (ip, sp, bp, generation);
+            }
+            start_walk(
+                ctx,
+                &OFF_CPU_UNWIND,
+                WALK_OFF_CPU,
+                SLOT_OFF_CPU_OUT,
+                ip,
+                sp,
+                bp,
+                kernel as u32,
+            );
+            slot.ip = 0; // the tail call failed
+        }
+    }
     let frames = user_stack(ctx, event, kernel);
     if !submit(event, frames, false) {
-        let _ = BLOCKED_THREADS.remove(tid);
-    } else if cacheable {
-        let _ = CALL_SITES.insert(key, site, 0);
+        slot.since_ns = 0;
+    } else if reusable {
+        (slot.ip, slot.sp, slot.bp, slot.generation) = (ip, sp, bp, generation);
     }
 }

@@ -184,6 +184,7 @@ impl KernelSupport {
             (args("kfree_skb") >= 4, hooks::DROP_RX_SOCKET),
             (args("tcp_send_reset") >= 3, hooks::RESET_REASON),
             (args("tcp_retransmit_skb") >= 3, hooks::RETRANSMIT_ERROR),
+            (args("sched_switch") >= 4, hooks::SWITCH_PREV_STATE),
         ] {
             if present {
                 net_hook_args |= bit;
@@ -384,6 +385,7 @@ mod tests {
                 | hooks::DROP_RX_SOCKET
                 | hooks::RESET_REASON
                 | hooks::RETRANSMIT_ERROR
+                | hooks::SWITCH_PREV_STATE
         );
         let (programs, refused) = support.net_programs(&NetEventKind::ALL);
         assert!(refused.is_empty(), "{refused:?}");

@@ -52,7 +52,8 @@ const NET_COUNTERS: &str = "NET_COUNTERS";
 const SOCKET_OWNERS: &str = "SOCKET_OWNERS";
 const CALL_SITES: &str = "CALL_SITES";
 const STACK_GENERATION: &str = "STACK_GENERATION";
-const BLOCKED_THREADS: &str = "BLOCKED_THREADS";
+const THREAD_SLOTS: &str = "THREAD_SLOTS";
+const OFF_CPU_EPOCH: &str = "OFF_CPU_EPOCH";
 
 impl ProbeSettings {
     /// Some program walks user stacks with the unwind tables: the CPU
@@ -258,7 +259,7 @@ impl Probes {
                 min_ns: off_cpu.min_block_ns,
                 threshold: off_cpu.threshold(),
                 task_state: btf.task_state_offset()?,
-                _pad: 0,
+                slot_mask: off_cpu.thread_slots() - 1,
             },
             None => OffCpuConfig::default(),
         };
@@ -290,10 +291,7 @@ impl Probes {
             )
             .map_max_entries(SOCKET_OWNERS, net.map_or(1, |n| n.socket_owners.max(1)))
             .map_max_entries(CALL_SITES, net.map_or(1, |n| n.call_sites.max(1)))
-            .map_max_entries(
-                BLOCKED_THREADS,
-                off_cpu.map_or(1, |o| o.max_blocked_threads.max(1)),
-            )
+            .map_max_entries(THREAD_SLOTS, off_cpu.map_or(1, |o| o.thread_slots()))
             .map_max_entries(
                 unwind::UNWIND_ROW_SHARDS,
                 if tables {
@@ -422,9 +420,9 @@ impl Probes {
                     NetLink::Fexit(program.attach().map_err(failed)?)
                 }
                 Hook::BtfTracepoint(_) => {
-                    // Blocks remembered before a detach would be timed
-                    // from then: start from none.
-                    self.forget_blocked_threads()?;
+                    // Blocks noted before a detach would be timed from
+                    // then: a new epoch empties every slot.
+                    self.next_off_cpu_epoch()?;
                     let program: &mut BtfTracePoint = program(&mut self.ebpf, name)?;
                     NetLink::BtfTracepoint(program.attach().map_err(failed)?)
                 }
@@ -563,21 +561,17 @@ impl Probes {
             .map_err(|source| map_error(STACK_GENERATION, source))
     }
 
-    /// Empties the map of blocked threads.
-    fn forget_blocked_threads(&mut self) -> Result<(), ProbeError> {
-        let map_err = |source| map_error(BLOCKED_THREADS, source);
+    /// Starts a new off-CPU epoch: slots written before are empty.
+    fn next_off_cpu_epoch(&mut self) -> Result<(), ProbeError> {
+        let map_err = |source| map_error(OFF_CPU_EPOCH, source);
         let map = self
             .ebpf
-            .map_mut(BLOCKED_THREADS)
-            .ok_or(ProbeError::Missing(BLOCKED_THREADS))?;
-        let mut blocked: HashMap<_, u32, hearth_common::net::BlockedThread> =
-            HashMap::try_from(map).map_err(map_err)?;
-        let tids: Vec<u32> = blocked.keys().filter_map(Result::ok).collect();
-        for tid in tids {
-            // A thread that switched in meanwhile removed itself.
-            let _ = blocked.remove(&tid);
-        }
-        Ok(())
+            .map_mut(OFF_CPU_EPOCH)
+            .ok_or(ProbeError::Missing(OFF_CPU_EPOCH))?;
+        let mut epoch: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(map).map_err(map_err)?;
+        let next = epoch.get(&0, 0).map_err(map_err)?.wrapping_add(1);
+        epoch.set(0, next, 0).map_err(map_err)
     }
 
     /// The network programs' counters (all zero when none are loaded).

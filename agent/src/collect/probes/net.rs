@@ -46,6 +46,15 @@ pub struct OffCpuSettings {
 impl Eq for OffCpuSettings {}
 
 impl OffCpuSettings {
+    /// Slots of the kernel's thread table: `max_blocked_threads` rounded
+    /// up to a power of two.
+    pub fn thread_slots(&self) -> u32 {
+        self.max_blocked_threads
+            .max(1)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 31)
+    }
+
     /// The kernel's sampling threshold: the probability times 2^32.
     pub fn threshold(&self) -> u64 {
         let scaled = (self.probability.clamp(0.0, 1.0) * 4_294_967_296.0).round() as u64;
