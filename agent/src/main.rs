@@ -143,8 +143,9 @@ fn print_report(report: &RecordReport) {
     if report.outputs.iter().any(|w| w.event == Event::OffCpu) {
         eprintln!(
             "hearth: off-cpu: {} blocks of the traced threads; {} sampled out, {} shorter \
-             than --off-cpu-min, {} not timed (too many threads blocked at once){}",
-            n.off_cpu_blocks,
+             than --off-cpu-min, {} not timed (another thread blocked in its slot of \
+             off_cpu.max_blocked_threads){}",
+            n.off_cpu_blocks(),
             n.off_cpu_sampled_out,
             n.off_cpu_short,
             n.off_cpu_pending_full,

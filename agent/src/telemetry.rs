@@ -320,13 +320,10 @@ impl Telemetry {
                 ("connect_unmatched", stats.pending_connects_dropped),
             ],
         );
-        let timed = k
-            .off_cpu_blocks
-            .saturating_sub(k.off_cpu_sampled_out + k.off_cpu_short + k.off_cpu_pending_full);
         advance_reasons(
             &self.m.off_cpu_blocks,
             &[
-                ("timed", timed),
+                ("timed", k.off_cpu_timed),
                 ("sampled_out", k.off_cpu_sampled_out),
                 ("short", k.off_cpu_short),
                 ("map_full", k.off_cpu_pending_full),

@@ -159,8 +159,11 @@ pub struct OffCpuConfig {
     /// Chance that a block is recorded, above 0 and at most 1; the time
     /// recorded is scaled by 1/probability, and the profile says so.
     pub probability: Probability,
-    /// Threads that can be blocked at once and still be timed (32 bytes
-    /// each in the kernel); blocks beyond are counted, not timed.
+    /// Size of the kernel's table of blocked threads, rounded up to a
+    /// power of two (48 bytes a slot). A thread's slot is its thread ID
+    /// modulo the size; when two threads sharing a slot are blocked at
+    /// once, the earlier one's block is counted, not timed
+    /// (`hearth_off_cpu_blocks_total{reason="map_full"}`).
     pub max_blocked_threads: u32,
 }
 

@@ -214,8 +214,11 @@ pub enum NetCounter {
     OwnerUnknown = 2,
     /// A kernel read failed (the event is kept with what was read).
     ReadError = 3,
-    /// Threads of the scope that blocked (switched out not runnable).
-    OffCpuBlocks = 4,
+    /// Blocks written with their time (a thread of the scope came back
+    /// after at least the minimum). Every block of the scope ends up in
+    /// one of this and the next three, so the program counts nothing on
+    /// the switches it times and leaves out early.
+    OffCpuTimed = 4,
     /// Blocks left out by the sampling probability.
     OffCpuSampledOut = 5,
     /// Sampled blocks shorter than the minimum block time.
@@ -232,7 +235,7 @@ impl NetCounter {
         NetCounter::RingFull,
         NetCounter::OwnerUnknown,
         NetCounter::ReadError,
-        NetCounter::OffCpuBlocks,
+        NetCounter::OffCpuTimed,
         NetCounter::OffCpuSampledOut,
         NetCounter::OffCpuShort,
         NetCounter::OffCpuPendingFull,
@@ -253,8 +256,18 @@ pub struct OffCpuConfig {
     pub task_state: u32,
     /// Slots of the thread table minus one (a power of two minus one).
     pub slot_mask: u32,
+    /// Where the scheduler's clock of this CPU is, from the task switching
+    /// out: `task_struct.se.cfs_rq`, `cfs_rq.rq`, `rq.clock` (the run
+    /// queue's clock, which `__schedule` has just updated). Read with three
+    /// loads instead of a clock helper, which costs more than the rest of
+    /// a switch. 0 in `rq_clock`: the kernel lacks one of them (no
+    /// CONFIG_FAIR_GROUP_SCHED), and the program reads `bpf_ktime_get_ns`.
+    pub task_cfs_rq: u32,
+    pub cfs_rq_rq: u32,
+    pub rq_clock: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<OffCpuConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<OffCpuConfig>() == 40);
 
 /// `OffCpuConfig::threshold` that samples every block.
 pub const OFF_CPU_ALWAYS: u64 = 1 << 32;

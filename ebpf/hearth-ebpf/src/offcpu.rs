@@ -13,9 +13,8 @@
 use aya_ebpf::{
     EbpfContext, Global,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_stack,
-        bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_get_prandom_u32,
+        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
     },
     macros::{btf_tracepoint, map},
     maps::Array,
@@ -37,7 +36,7 @@ use crate::{
         SKIP_TRACING_FRAMES, SLOT_OFF_CPU_IN, SLOT_OFF_CPU_OUT, STACK_BYTES, STACK_GENERATION,
         Walk, count, has_arg, plan_walk, scratch, submit, user_stack,
     },
-    task::{process_identity, read_field, user_registers},
+    task::{process_identity, read_field, user_registers_of},
     unwind::start_walk,
 };
 
@@ -48,6 +47,10 @@ static OFF_CPU_CONFIG: Global<OffCpuConfig> = Global::new(OffCpuConfig {
     threshold: 0,
     task_state: 0,
     slot_mask: 0,
+    task_cfs_rq: 0,
+    cfs_rq_rq: 0,
+    rq_clock: 0,
+    _pad: 0,
 });
 
 /// The thread table, a slot per `tid & slot_mask`; size set by the agent
@@ -69,9 +72,9 @@ pub fn off_cpu(ctx: BtfTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
     let epoch = OFF_CPU_EPOCH.get(0).copied().unwrap_or(0);
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    switched_in(next, epoch, now);
+    // The clock is read once, and only by a switch that times something.
+    let mut clock = Clock { task: prev, now: 0 };
+    switched_in(next, epoch, &mut clock);
     if preempt & 0xff == 0 {
         let state: u32 = if has_arg(hooks::SWITCH_PREV_STATE) {
             ctx.arg(3)
@@ -80,7 +83,7 @@ pub fn off_cpu(ctx: BtfTracePointContext) -> i32 {
             // The low half of `state` (a long before 5.14) holds the bits.
             unsafe { read_field(prev, OFF_CPU_CONFIG.load().task_state) }.unwrap_or(0)
         };
-        switched_out(&ctx, state, epoch, now);
+        switched_out(&ctx, prev, state, epoch, &mut clock);
     }
     0
 }
@@ -96,9 +99,51 @@ pub(crate) fn thread_slot(tid: u32) -> Option<&'static mut ThreadSlot> {
         .map(|slot| unsafe { &mut *slot })
 }
 
+/// The time of this switch, read on first use: the run queue's clock
+/// where the kernel has the way to it (`OffCpuConfig::rq_clock`), else
+/// `bpf_ktime_get_ns`; one or the other for a whole load, never mixed.
+/// 0: unreadable (nothing is timed).
+struct Clock {
+    /// The task switching out, on this CPU's run queue.
+    task: *const u8,
+    now: u64,
+}
+
+impl Clock {
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        if self.now == 0 {
+            self.now = rq_clock(self.task);
+        }
+        self.now
+    }
+}
+
+#[inline(always)]
+fn rq_clock(task: *const u8) -> u64 {
+    let config = OFF_CPU_CONFIG.load();
+    if config.rq_clock == 0 {
+        // SAFETY: no preconditions.
+        return unsafe { bpf_ktime_get_ns() };
+    }
+    // SAFETY: BTF-typed pointers from the tracepoint, loaded directly at
+    // their fields' offsets from BTF (a fault reads 0).
+    unsafe {
+        let cfs_rq = *(task.add(config.task_cfs_rq as usize) as *const *const u8);
+        if cfs_rq.is_null() {
+            return 0;
+        }
+        let rq = *(cfs_rq.add(config.cfs_rq_rq as usize) as *const *const u8);
+        if rq.is_null() {
+            return 0;
+        }
+        *(rq.add(config.rq_clock as usize) as *const u64)
+    }
+}
+
 /// `next` runs again: a block that lasted long enough is written.
 #[inline(always)]
-fn switched_in(next: *const u8, epoch: u32, now: u64) {
+fn switched_in(next: *const u8, epoch: u32, clock: &mut Clock) {
     let offsets = SAMPLER_CONFIG.load().task;
     // SAFETY: `next` is the BTF-typed task_struct the tracepoint passed,
     // loaded directly at its field's offset from BTF.
@@ -109,8 +154,13 @@ fn switched_in(next: *const u8, epoch: u32, now: u64) {
     if slot.tid != tid || slot.since_ns == 0 || slot.epoch != epoch {
         return;
     }
+    let now = clock.now();
     let blocked_ns = now.saturating_sub(slot.since_ns);
     slot.since_ns = 0;
+    if now == 0 {
+        count(NetCounter::ReadError);
+        return;
+    }
     if blocked_ns < OFF_CPU_CONFIG.load().min_ns {
         count(NetCounter::OffCpuShort);
         return;
@@ -125,32 +175,48 @@ fn switched_in(next: *const u8, epoch: u32, now: u64) {
         ..NetEventInfo::default()
     };
     event.header = SampleHeader {
-        timestamp_ns: now,
+        // Records carry the monotonic clock, as every other event does.
+        // SAFETY: no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
         tgid: slot.tgid,
         tid,
         // SAFETY: no preconditions.
         cpu: unsafe { bpf_get_smp_processor_id() },
         ..SampleHeader::default()
     };
-    submit(event, 0, true);
+    if submit(event, 0, true) {
+        count(NetCounter::OffCpuTimed);
+    }
 }
 
 /// The current task switches out in `state`: if it blocks, in scope, and
 /// the sampling picks it, note when, and write its stack unless the agent
 /// has it already.
 #[inline(always)]
-fn switched_out(ctx: &BtfTracePointContext, state: u32, epoch: u32, now: u64) {
+fn switched_out(
+    ctx: &BtfTracePointContext,
+    prev: *const u8,
+    state: u32,
+    epoch: u32,
+    clock: &mut Clock,
+) {
     // Runnable (preempted, or yielding) is not blocked; TASK_DEAD (0x80)
     // never comes back.
     if state == 0 || state & 0x80 != 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let config = SAMPLER_CONFIG.load();
+    // SAFETY: `prev` is the BTF-typed current task, loaded directly at
+    // its fields' offsets from BTF.
+    let (tgid, tid) = unsafe {
+        (
+            *(prev.add(config.task.tgid as usize) as *const u32),
+            *(prev.add(config.task.pid as usize) as *const u32),
+        )
+    };
     if tid == 0 {
         return;
     }
-    let config = SAMPLER_CONFIG.load();
     if tgid == config.ignored_tgid || (config.filter_tgids != 0 && !is_traced(tgid)) {
         return;
     }
@@ -158,7 +224,6 @@ fn switched_out(ctx: &BtfTracePointContext, state: u32, epoch: u32, now: u64) {
     if off_cpu.threshold < OFF_CPU_ALWAYS {
         // SAFETY: no preconditions.
         if u64::from(unsafe { bpf_get_prandom_u32() }) >= off_cpu.threshold {
-            count(NetCounter::OffCpuBlocks);
             count(NetCounter::OffCpuSampledOut);
             return;
         }
@@ -171,10 +236,14 @@ fn switched_out(ctx: &BtfTracePointContext, state: u32, epoch: u32, now: u64) {
         }
     }
     // A kernel thread has no user registers, and is not what a service waits in.
-    let Some((ip, sp, bp)) = user_registers(&config) else {
+    let Some((ip, sp, bp)) = user_registers_of(&config, Some(prev)) else {
         return;
     };
-    count(NetCounter::OffCpuBlocks);
+    let now = clock.now();
+    if now == 0 {
+        count(NetCounter::ReadError);
+        return;
+    }
     let Some(slot) = thread_slot(tid) else {
         return;
     };
@@ -195,7 +264,7 @@ fn switched_out(ctx: &BtfTracePointContext, state: u32, epoch: u32, now: u64) {
     if slot.ip == ip && slot.sp == sp && slot.bp == bp && slot.generation == generation {
         return; // the agent has this stack: the time will go on it
     }
-    walk_stack(ctx, slot, tgid, tid, now, (ip, sp, bp), generation);
+    walk_stack(ctx, slot, tgid, tid, (ip, sp, bp), generation);
 }
 
 /// Writes the stack of the current task, blocking now at `registers`,
@@ -206,7 +275,6 @@ fn walk_stack(
     slot: &mut ThreadSlot,
     tgid: u32,
     tid: u32,
-    now: u64,
     (ip, sp, bp): (u64, u64, u64),
     generation: u32,
 ) {
@@ -226,7 +294,8 @@ fn walk_stack(
         ..NetEventInfo::default()
     };
     event.header = SampleHeader {
-        timestamp_ns: now,
+        // SAFETY: no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
         // SAFETY: no preconditions.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         process_start_ns: start,

@@ -51,6 +51,16 @@ const USER_SPACE_END: u64 = 1 << 57;
 /// for kernel threads.
 #[inline(always)]
 pub fn user_registers(config: &SamplerConfig) -> Option<(u64, u64, u64)> {
+    user_registers_of(config, None)
+}
+
+/// [`user_registers`], given the current task as the BTF-typed pointer a
+/// BTF tracepoint passed (one helper call fewer).
+#[inline(always)]
+pub fn user_registers_of(
+    config: &SamplerConfig,
+    current_btf: Option<*const u8>,
+) -> Option<(u64, u64, u64)> {
     let layout = &config.regs;
     let stack_offset = USER_REGS_STACK_OFFSET.load();
     // SAFETY: the current task's saved registers, read at BTF offsets with
@@ -58,7 +68,11 @@ pub fn user_registers(config: &SamplerConfig) -> Option<(u64, u64, u64)> {
     unsafe {
         if stack_offset == 0 {
             // A BTF pointer: its fields are loaded directly, no read helper.
-            let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+            let task = match current_btf {
+                Some(task) => task as *mut _,
+                None => bpf_get_current_task_btf(),
+            };
+            let regs = bpf_task_pt_regs(task) as *const u8;
             if regs.is_null() {
                 return None;
             }

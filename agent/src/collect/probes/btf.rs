@@ -125,6 +125,18 @@ impl KernelBtf {
             .or_else(|_| self.member_offset("task_struct", "state"))
     }
 
+    /// Offsets of `task_struct.se.cfs_rq`, `cfs_rq.rq` and `rq.clock`: the
+    /// way from a task on a CPU to the scheduler's clock of that CPU
+    /// (None on kernels without CONFIG_FAIR_GROUP_SCHED, which lack the
+    /// first two).
+    pub fn rq_clock_offsets(&self) -> Option<(u32, u32, u32)> {
+        let se = self.member_offset("task_struct", "se").ok()?;
+        let cfs_rq = self.member_offset("sched_entity", "cfs_rq").ok()?;
+        let rq = self.member_offset("cfs_rq", "rq").ok()?;
+        let clock = self.member_offset("rq", "clock").ok()?;
+        Some((se + cfs_rq, rq, clock))
+    }
+
     /// The `sock`, `socket`, `sk_buff` and `tcp_skb_cb` offsets the
     /// network programs need.
     pub fn sock_offsets(&self) -> Result<SockOffsets, BtfError> {

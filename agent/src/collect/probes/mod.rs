@@ -255,12 +255,19 @@ impl Probes {
         };
         let off_cpu = settings.network.as_ref().and_then(|n| n.off_cpu);
         let off_cpu_config = match off_cpu {
-            Some(off_cpu) => OffCpuConfig {
-                min_ns: off_cpu.min_block_ns,
-                threshold: off_cpu.threshold(),
-                task_state: btf.task_state_offset()?,
-                slot_mask: off_cpu.thread_slots() - 1,
-            },
+            Some(off_cpu) => {
+                let (task_cfs_rq, cfs_rq_rq, rq_clock) = btf.rq_clock_offsets().unwrap_or_default();
+                OffCpuConfig {
+                    min_ns: off_cpu.min_block_ns,
+                    threshold: off_cpu.threshold(),
+                    task_state: btf.task_state_offset()?,
+                    slot_mask: off_cpu.thread_slots() - 1,
+                    task_cfs_rq,
+                    cfs_rq_rq,
+                    rq_clock,
+                    _pad: 0,
+                }
+            }
             None => OffCpuConfig::default(),
         };
         let net = settings.network.as_ref();

@@ -132,9 +132,10 @@ pub struct NetCounters {
     pub ring_full: u64,
     pub owner_unknown: u64,
     pub read_errors: u64,
-    /// Blocks of threads in scope, those the sampling left out, those
-    /// shorter than the minimum, and those lost to a full map of blocked threads.
-    pub off_cpu_blocks: u64,
+    /// Blocks of threads in scope written with their time, those the
+    /// sampling left out, those shorter than the minimum, and those lost
+    /// to another thread's block in the same slot of the thread table.
+    pub off_cpu_timed: u64,
     pub off_cpu_sampled_out: u64,
     pub off_cpu_short: u64,
     pub off_cpu_pending_full: u64,
@@ -147,12 +148,20 @@ impl NetCounters {
             NetCounter::RingFull => &mut self.ring_full,
             NetCounter::OwnerUnknown => &mut self.owner_unknown,
             NetCounter::ReadError => &mut self.read_errors,
-            NetCounter::OffCpuBlocks => &mut self.off_cpu_blocks,
+            NetCounter::OffCpuTimed => &mut self.off_cpu_timed,
             NetCounter::OffCpuSampledOut => &mut self.off_cpu_sampled_out,
             NetCounter::OffCpuShort => &mut self.off_cpu_short,
             NetCounter::OffCpuPendingFull => &mut self.off_cpu_pending_full,
         };
         *slot = value;
+    }
+
+    /// Every block of a thread in scope that came back (or was sampled out).
+    pub fn off_cpu_blocks(&self) -> u64 {
+        self.off_cpu_timed
+            + self.off_cpu_sampled_out
+            + self.off_cpu_short
+            + self.off_cpu_pending_full
     }
 }
 
